@@ -1,0 +1,268 @@
+"""Benchmarks of batched Sinkhorn and MESH (issue 2, section 5): ``pytest --benchmark-only``.
+
+For each shape (B, n, m) in SHAPES, float32, in one run:
+    sinkhorn fwd       P = sinkhorn(C, a, b) (5 iterations) under no_grad
+    sinkhorn fwd+bwd   the same with C requiring grad, then P.backward(grad_P)
+    mesh fwd           C2 = mesh(C, a, b) (4 steps x 5 iterations), no grad
+    mesh fwd+bwd       SA-MESH attention: C2, u, v = mesh(C, a, b); P = sinkhorn(C2, a, b, u=u, v=v);
+                       P.backward(grad_P) (the straight-through gradient reaches C)
+each against the naive baseline of kernels/reference.py ("naive": autograd through the unrolled
+log-domain Sinkhorn, and for MESH ``torch.autograd.grad`` of the entropy at every step, as written from
+Eq. 11-12) and, for Sinkhorn, POT's log-domain Sinkhorn on the same torch tensors, one problem at a time
+("pot": POT has no batched log-domain solver with a separate cost matrix per problem).
+The table printed at the end gives the ratios to the baseline (conftest.py).
+
+CPU runs use OT_BENCH_THREADS torch threads (default 1): on a small machine shared with other jobs,
+two threads that wait on each other make timings swing by 10x, and one thread gives stable ratios.
+
+CUDA (skipped without a GPU): the same against the Triton path, plus the fraction of the device's
+peak memory bandwidth reached by ``sinkhorn``: bytes = (n_iters + 1) * B * n * m * 4 (one read of C per
+iteration and the write of P, the traffic of a one-pass-per-iteration kernel) over the median time.
+"""
+import functools
+import os
+import warnings
+
+import ot as pot
+import pytest
+import torch
+
+from kernels.ot import mesh, sinkhorn
+from kernels.reference import mesh_ref, sinkhorn_ref
+
+SHAPES = [(64, 105, 5), (64, 1024, 7), (64, 4096, 11), (64, 16384, 11)]
+N_ITERS, N_MESH = 5, 4
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _pinned_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OT_BENCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
+
+def _id(shape):
+    return "x".join(map(str, shape))
+
+
+@functools.lru_cache(maxsize=None)
+def _problem(shape, device="cpu"):
+    """float32 costs in [0, 1), uniform row marginals m/n, column marginals 1 (App. A), noise, grad_P."""
+    B, n, m = shape
+    g = torch.Generator().manual_seed(0)
+    C = torch.rand(B, n, m, generator=g)
+    a = torch.full((B, n), m / n)
+    b = torch.ones(B, m)
+    noise = torch.randn(B, n, m, generator=g)
+    gP = torch.randn(B, n, m, generator=g)
+    return tuple(t.to(device) for t in (C, a, b, noise, gP))
+
+
+def _rounds(shape, slow):
+    """Few rounds for the slow baselines at the big shapes, so the whole run stays within minutes."""
+    size = shape[0] * shape[1] * shape[2]
+    if slow:
+        return 2 if size > 2e6 else 3
+    return 3 if size > 2e6 else 5
+
+
+def _run(benchmark, fn, shape, slow):
+    return benchmark.pedantic(fn, rounds=_rounds(shape, slow), iterations=1, warmup_rounds=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# The functions timed
+# ------------------------------------------------------------------------------------------------
+
+def _sinkhorn_fwd(impl, C, a, b):
+    with torch.no_grad():
+        return impl(C, a, b, N_ITERS)[0]
+
+
+def _sinkhorn_fwd_bwd(impl, C, a, b, gP):
+    C = C.detach().requires_grad_(True)
+    P = impl(C, a, b, N_ITERS)[0]
+    P.backward(gP)
+    return C.grad
+
+
+def _pot_one(a, b, C):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pot.sinkhorn(a, b, C, 1.0, method="sinkhorn_log", numItermax=N_ITERS, stopThr=0.0, warn=False)
+
+
+def _pot_fwd(C, a, b):
+    with torch.no_grad():
+        return torch.stack([_pot_one(a[k], b[k], C[k]) for k in range(C.shape[0])])
+
+
+def _pot_fwd_bwd(C, a, b, gP):
+    C = C.detach().requires_grad_(True)
+    P = torch.stack([_pot_one(a[k], b[k], C[k]) for k in range(C.shape[0])])
+    P.backward(gP)
+    return C.grad
+
+
+def _mesh_fwd(impl, C, a, b, noise):
+    with torch.no_grad():
+        return impl(C, a, b, N_MESH, N_ITERS, noise=noise)[0]
+
+
+def _sa_mesh_fwd_bwd(mesh_impl, sinkhorn_impl, C, a, b, noise, gP):
+    C = C.detach().requires_grad_(True)
+    C2, u, v = mesh_impl(C, a, b, N_MESH, N_ITERS, noise=noise)
+    P = sinkhorn_impl(C2, a, b, N_ITERS, u=u, v=v)[0]
+    P.backward(gP)
+    return C.grad
+
+
+def _sinkhorn_ref(C, a, b, n_iters, u=None, v=None):
+    return sinkhorn_ref(C, a, b, n_iters, 1.0, u, v)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU
+# ------------------------------------------------------------------------------------------------
+
+SINKHORN_ROLES = {"ours": sinkhorn, "naive": _sinkhorn_ref}
+
+
+@pytest.mark.parametrize("role", ["ours", "naive", "pot"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_bench_sinkhorn_fwd(benchmark, bench_record, shape, role):
+    benchmark.group = f"sinkhorn fwd {_id(shape)}"
+    C, a, b, _, _ = _problem(shape)
+    if role == "pot":
+        P = _run(benchmark, lambda: _pot_fwd(C, a, b), shape, slow=True)
+    else:
+        P = _run(benchmark, lambda: _sinkhorn_fwd(SINKHORN_ROLES[role], C, a, b), shape, slow=role != "ours")
+    bench_record(role, "POT: column step first" if role == "pot" else "")
+    assert torch.isfinite(P).all()
+
+
+@pytest.mark.parametrize("role", ["ours", "naive", "pot"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_bench_sinkhorn_fwd_bwd(benchmark, bench_record, shape, role):
+    benchmark.group = f"sinkhorn fwd+bwd {_id(shape)}"
+    C, a, b, _, gP = _problem(shape)
+    if role == "pot":
+        g = _run(benchmark, lambda: _pot_fwd_bwd(C, a, b, gP), shape, slow=True)
+    else:
+        g = _run(benchmark, lambda: _sinkhorn_fwd_bwd(SINKHORN_ROLES[role], C, a, b, gP), shape,
+                 slow=role != "ours")
+    bench_record(role)
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("role", ["ours", "naive"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_bench_mesh_fwd(benchmark, bench_record, shape, role):
+    benchmark.group = f"mesh fwd {_id(shape)}"
+    C, a, b, noise, _ = _problem(shape)
+    impl = mesh if role == "ours" else mesh_ref
+    C2 = _run(benchmark, lambda: _mesh_fwd(impl, C, a, b, noise), shape, slow=role != "ours")
+    bench_record(role, f"{N_MESH} steps x {N_ITERS} iterations")
+    assert torch.isfinite(C2).all()
+
+
+@pytest.mark.parametrize("role", ["ours", "naive"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_bench_sa_mesh_fwd_bwd(benchmark, bench_record, shape, role):
+    benchmark.group = f"mesh+sinkhorn fwd+bwd {_id(shape)}"
+    C, a, b, noise, gP = _problem(shape)
+    impls = (mesh, sinkhorn) if role == "ours" else (mesh_ref, _sinkhorn_ref)
+    g = _run(benchmark, lambda: _sa_mesh_fwd_bwd(*impls, C, a, b, noise, gP), shape, slow=role != "ours")
+    bench_record(role, "SA-MESH attention")
+    assert torch.isfinite(g).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA (Triton path)
+# ------------------------------------------------------------------------------------------------
+
+def _cuda_timed(benchmark, fn, shape, slow):
+    def synced():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return benchmark.pedantic(synced, rounds=10 if not slow else 3, iterations=1, warmup_rounds=2)
+
+
+@functools.lru_cache(maxsize=None)
+def _peak_bandwidth():
+    """Peak DRAM bandwidth in bytes/s: from the device properties when they carry the memory clock and
+    bus width, otherwise measured as the rate of a large device-to-device copy (a lower bound)."""
+    props = torch.cuda.get_device_properties(0)
+    clock_khz = getattr(props, "memory_clock_rate", None)
+    bus_bits = getattr(props, "memory_bus_width", None)
+    if clock_khz and bus_bits:
+        return 2.0 * clock_khz * 1e3 * bus_bits / 8, "spec"
+    x = torch.empty(256 * 2**20, dtype=torch.float32, device="cuda")
+    y = torch.empty_like(x)
+    y.copy_(x)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        y.copy_(x)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * x.numel() * 4 * 10 / (start.elapsed_time(end) / 1e3), "measured copy"
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("role", ["ours", "naive"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_bench_cuda_sinkhorn_fwd(benchmark, bench_record, shape, role):
+    benchmark.group = f"cuda sinkhorn fwd {_id(shape)}"
+    C, a, b, _, _ = _problem(shape, "cuda")
+    impl = sinkhorn if role == "ours" else _sinkhorn_ref
+    P = _cuda_timed(benchmark, lambda: _sinkhorn_fwd(impl, C, a, b), shape, slow=role != "ours")
+    note = ""
+    if role == "ours":
+        B, n, m = shape
+        peak, how = _peak_bandwidth()
+        rate = (N_ITERS + 1) * B * n * m * 4 / benchmark.stats.stats.median
+        note = f"{rate / 1e9:.0f} GB/s = {rate / peak:.0%} of peak ({peak / 1e9:.0f} GB/s, {how})"
+    bench_record(role, note)
+    assert torch.isfinite(P).all()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("role", ["ours", "naive"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_bench_cuda_sinkhorn_fwd_bwd(benchmark, bench_record, shape, role):
+    benchmark.group = f"cuda sinkhorn fwd+bwd {_id(shape)}"
+    C, a, b, _, gP = _problem(shape, "cuda")
+    impl = sinkhorn if role == "ours" else _sinkhorn_ref
+    g = _cuda_timed(benchmark, lambda: _sinkhorn_fwd_bwd(impl, C, a, b, gP), shape, slow=role != "ours")
+    bench_record(role)
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("role", ["ours", "naive"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_bench_cuda_mesh_fwd(benchmark, bench_record, shape, role):
+    benchmark.group = f"cuda mesh fwd {_id(shape)}"
+    C, a, b, noise, _ = _problem(shape, "cuda")
+    impl = mesh if role == "ours" else mesh_ref
+    C2 = _cuda_timed(benchmark, lambda: _mesh_fwd(impl, C, a, b, noise), shape, slow=role != "ours")
+    bench_record(role, f"{N_MESH} steps x {N_ITERS} iterations")
+    assert torch.isfinite(C2).all()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("role", ["ours", "naive"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_bench_cuda_sa_mesh_fwd_bwd(benchmark, bench_record, shape, role):
+    benchmark.group = f"cuda mesh+sinkhorn fwd+bwd {_id(shape)}"
+    C, a, b, noise, gP = _problem(shape, "cuda")
+    impls = (mesh, sinkhorn) if role == "ours" else (mesh_ref, _sinkhorn_ref)
+    g = _cuda_timed(benchmark, lambda: _sa_mesh_fwd_bwd(*impls, C, a, b, noise, gP), shape, slow=role != "ours")
+    bench_record(role, "SA-MESH attention")
+    assert torch.isfinite(g).all()
