@@ -1,0 +1,34 @@
+"""Slot attention with optimal-transport cross-attention (SA, SA-SH, SA-EMD, SA-MESH), the Hungarian set
+loss and the evaluation metrics of Zhang et al. (ICML 2023).
+
+Conventions: inputs x (B, n, input_dim), slots (B, n_slots, dim); attention plans (B, n, n_slots) with
+rows = inputs and columns = slots, as in ``kernels``.
+"""
+from .attention import ATTENTION_VARIANTS, COSTS, SLOT_INITS, OTConfig, SlotAttention, SlotAttentionConfig
+from .losses import hungarian_match, hungarian_mse_loss, pairwise_mse
+from .metrics import (
+    CLEVR_AP_THRESHOLDS,
+    clevr_average_precision,
+    fg_ari,
+    fg_miou,
+    normalized_hungarian_rmse,
+    temporal_consistency,
+)
+
+__all__ = [
+    "SlotAttention",
+    "SlotAttentionConfig",
+    "OTConfig",
+    "ATTENTION_VARIANTS",
+    "COSTS",
+    "SLOT_INITS",
+    "hungarian_mse_loss",
+    "hungarian_match",
+    "pairwise_mse",
+    "normalized_hungarian_rmse",
+    "clevr_average_precision",
+    "CLEVR_AP_THRESHOLDS",
+    "fg_ari",
+    "fg_miou",
+    "temporal_consistency",
+]

@@ -1,0 +1,405 @@
+"""Slot attention with the paper's four cross-attention variants (Sec. 2.2, 3 and 4; App. A).
+
+One iteration (Eq. 3-5), for inputs X (B, n, input_dim) and slots Z (B, m, dim):
+    K = LN(X) W_K, V = LN(X) W_V, Q = LN(Z) W_Q                             (Eq. 3)
+    C = cost(K, Q)                           (B, n, m): rows are inputs, columns are slots
+    A = attention plan from C                (the variant; see below)
+    W = A normalized over the inputs, column by column
+    Z <- GRU(Z, W^T V);  Z <- Z + MLP(LN(Z))                               (Eq. 5)
+
+Variants (picked from ``ATTENTION_VARIANTS``, a table of functions):
+    "sa":      A = softmax over slots of -C / tau (Eq. 4). With the "dot" cost and tau = 1 this is
+               exactly Locatello et al. (2020), including their +eps before normalizing over inputs.
+    "sa-sh":   A = sinkhorn(C, a, b) (Eq. 6-7).
+    "sa-emd":  A = emd(C) + sinkhorn(C) (Eq. 8, ``kernels.exact.emd_attention``): the EMD term has no
+               gradient of its own; the Sinkhorn gradient stands in for it.
+    "sa-mesh": C' = MESH(C) (Eq. 9, 11-12) and A = sinkhorn(C', a, b), warm-started from the potentials
+               of MESH's last step (Eq. 10, App. D). The noise of MESH is drawn once per forward call and
+               shared by all iterations, as in the official code.
+
+Costs (``COSTS``): "l2" is the Euclidean distance ||k - q|| (not squared; this is what the official code
+computes with ``torch.cdist``, although Sec. 3 writes "e.g. L2 norm^2"); "l2sq" is its square (with
+exact Sinkhorn, its |k|^2 and |q|^2 terms are absorbed by the potentials, leaving -2 k.q: Sander et al.,
+2022); "cosine" is 1 - cos(k, q); "dot" is -k.q / sqrt(dim).
+
+Marginals (App. A; OT variants only). The paper writes the cost as (m x n) with a on the slots; here rows
+are inputs, so a (B, n) is on the inputs and b (B, m) on the slots: a = m * softmax_i(h_a(LN(x_i))),
+b = m * softmax_j(h_b(LN(z_j))) with h_a, h_b two-layer MLPs to a scalar, so a.sum() == b.sum() == m.
+With ``learned_marginals=False`` they are uniform: a_i = m / n, b_j = 1.
+
+Normalizing OT plans over the inputs (``OTConfig.normalize_plan``, default True). The plan's column j sums
+to b_j (2 b_j for "sa-emd"); by default every column is divided by its sum (after adding eps, as SA does)
+so that each slot's update is a weighted mean of the values, as in SA. The official code instead uses the
+raw plan, so a slot's update is scaled by its marginal b_j; ``normalize_plan=False`` reproduces that.
+
+Implicit differentiation (Chang et al., 2022; App. F.1): with ``implicit_grad=True`` the first
+n_iters - 1 iterations run without gradient, and the last one starts from the detached slots. Gradients
+therefore reach the projections, GRU, MLP and marginal networks only through the last iteration, and the
+slot initialization (learned mean, std or vector, or slots passed in) gets none.
+
+Known limits: inputs must be float32 or float64 (the OT kernels' dtypes); "sa-emd" solves exact OT on
+the CPU and is slow, as in the paper.
+"""
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.exact import emd_attention
+from kernels.ot import mesh, sinkhorn
+
+__all__ = ["OTConfig", "SlotAttentionConfig", "SlotAttention", "COSTS", "ATTENTION_VARIANTS", "SLOT_INITS"]
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_positive_float(name: str, value, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+@dataclass
+class OTConfig:
+    """Options of the optimal-transport variants ("sa-sh", "sa-emd", "sa-mesh"); ignored by "sa".
+
+    Attributes:
+        n_sh_iters: Sinkhorn iterations (row then column rescaling) per plan.
+        tau: entropic temperature of Sinkhorn, exp(-C / tau). "sa" also divides its logits by tau.
+        mesh_iters: MESH gradient steps on the cost (T in Eq. 11); 0 leaves only the noise.
+        mesh_lr: MESH step size (lambda in Eq. 11) on the per-element normalized gradient.
+        noise_scale: std of the noise added to the cost before MESH (1e-3: variance 1e-6 as in Sec. 4).
+        reuse_uv: warm-start each MESH step's Sinkhorn from the previous step's potentials (App. D).
+        straight_through: pass gradients from MESH's output cost to its input cost unchanged (Sec. 4.1).
+        learned_marginals: learned marginals of App. A; False gives uniform ones of equal mass.
+        normalize_plan: divide each column of the plan by its sum before the weighted mean of values
+            (True, as SA does) or use the raw plan (False, as the official code does).
+    """
+
+    n_sh_iters: int = 5
+    tau: float = 1.0
+    mesh_iters: int = 4
+    mesh_lr: float = 8.0
+    noise_scale: float = 1e-3
+    reuse_uv: bool = True
+    straight_through: bool = True
+    learned_marginals: bool = True
+    normalize_plan: bool = True
+
+    def __post_init__(self):
+        _check_positive_int("OTConfig.n_sh_iters", self.n_sh_iters)
+        _check_positive_int("OTConfig.mesh_iters", self.mesh_iters, minimum=0)
+        _check_positive_float("OTConfig.tau", self.tau)
+        _check_positive_float("OTConfig.mesh_lr", self.mesh_lr, allow_zero=True)
+        _check_positive_float("OTConfig.noise_scale", self.noise_scale, allow_zero=True)
+        for name in ("reuse_uv", "straight_through", "learned_marginals", "normalize_plan"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"OTConfig.{name} must be a bool, got {getattr(self, name)!r}")
+
+
+@dataclass
+class SlotAttentionConfig:
+    """Options of :class:`SlotAttention`.
+
+    Attributes:
+        n_slots: number of slots m.
+        dim: slot (and query/key/value) dimension.
+        input_dim: feature dimension of the inputs.
+        variant: "sa", "sa-sh", "sa-emd" or "sa-mesh" (keys of ``ATTENTION_VARIANTS``).
+        cost: "l2", "l2sq", "cosine" or "dot" (keys of ``COSTS``).
+        n_iters: slot-attention iterations, >= 1.
+        mlp_hidden: hidden width of the residual slot MLP and of the marginal MLPs.
+        init: "learned" (Gaussian with learned mean and log-std, sampled per call), "fixed" (N(0, I),
+            nothing learned) or "equal" (every slot the same learned vector; Sec. 4.1). Ignored when
+            slots are passed to ``forward``.
+        implicit_grad: first-order implicit differentiation of Chang et al. (2022).
+        eps: added to the plan before normalizing over inputs (1e-8 as Locatello et al.).
+        ot: :class:`OTConfig` (a dict is converted, so a config read back from JSON works).
+    """
+
+    n_slots: int
+    dim: int
+    input_dim: int
+    variant: str = "sa-mesh"
+    cost: str = "l2"
+    n_iters: int = 3
+    mlp_hidden: int = 128
+    init: str = "learned"
+    implicit_grad: bool = False
+    eps: float = 1e-8
+    ot: OTConfig = field(default_factory=OTConfig)
+
+    def __post_init__(self):
+        for name in ("n_slots", "dim", "input_dim", "n_iters", "mlp_hidden"):
+            _check_positive_int(name, getattr(self, name))
+        for name, table in (("variant", ATTENTION_VARIANTS), ("cost", COSTS), ("init", SLOT_INITS)):
+            if getattr(self, name) not in table:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {sorted(table)}")
+        if not isinstance(self.implicit_grad, bool):
+            raise ValueError(f"implicit_grad must be a bool, got {self.implicit_grad!r}")
+        _check_positive_float("eps", self.eps, allow_zero=True)
+        if isinstance(self.ot, dict):
+            self.ot = OTConfig(**self.ot)
+        if not isinstance(self.ot, OTConfig):
+            raise ValueError(f"ot must be an OTConfig or a dict of its fields, got {type(self.ot).__name__}")
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (JSON-serializable); ``SlotAttentionConfig(**d)`` restores it."""
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Costs: k (B, n, d) keys of the inputs, q (B, m, d) queries of the slots -> C (B, n, m).
+
+
+def _l2_sq(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    sq = k.pow(2).sum(2)[:, :, None] + q.pow(2).sum(2)[:, None, :] - 2 * torch.bmm(k, q.transpose(1, 2))
+    return sq.clamp_min(0)  # (B, n, m); cancellation can make it slightly negative
+
+
+def _l2(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    # The floor keeps the gradient of sqrt finite when a key and a query coincide.
+    return _l2_sq(k, q).clamp_min(1e-12).sqrt()
+
+
+def _cosine(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return 1 - torch.bmm(F.normalize(k, dim=2), F.normalize(q, dim=2).transpose(1, 2))
+
+
+def _neg_dot(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return -torch.bmm(k, q.transpose(1, 2)) / math.sqrt(k.shape[2])
+
+
+COSTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "l2": _l2,
+    "l2sq": _l2_sq,
+    "cosine": _cosine,
+    "dot": _neg_dot,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention plans: C (B, n, m), marginals a (B, n), b (B, m) (None for "sa"), the MESH noise (B, n, m)
+# (None unless "sa-mesh") and the OTConfig -> plan (B, n, m), rows are inputs, columns are slots.
+
+
+def _plan_sa(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
+    return torch.softmax(-C / ot.tau, dim=2)  # each input distributes mass 1 over the slots
+
+
+def _plan_sinkhorn(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
+    P, _, _ = sinkhorn(C, a, b, n_iters=ot.n_sh_iters, tau=ot.tau)
+    return P
+
+
+def _plan_emd(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
+    return emd_attention(C, a, b, n_sh_iters=ot.n_sh_iters, tau=ot.tau)
+
+
+def _plan_mesh(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
+    C2, u, v = mesh(C, a, b, n_mesh_iters=ot.mesh_iters, n_sh_iters=ot.n_sh_iters, lr=ot.mesh_lr, noise=noise,
+                    noise_scale=ot.noise_scale, reuse_uv=ot.reuse_uv, tau=ot.tau,
+                    straight_through=ot.straight_through)
+    P, _, _ = sinkhorn(C2, a, b, n_iters=ot.n_sh_iters, tau=ot.tau, u=u, v=v)
+    return P
+
+
+class _Variant(NamedTuple):
+    plan: Callable[..., torch.Tensor]
+    is_ot: bool  # uses marginals (and OTConfig.normalize_plan)
+    needs_noise: bool
+
+
+ATTENTION_VARIANTS: dict[str, _Variant] = {
+    "sa": _Variant(_plan_sa, is_ot=False, needs_noise=False),
+    "sa-sh": _Variant(_plan_sinkhorn, is_ot=True, needs_noise=False),
+    "sa-emd": _Variant(_plan_emd, is_ot=True, needs_noise=False),
+    "sa-mesh": _Variant(_plan_mesh, is_ot=True, needs_noise=True),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Slot initializations: (module, B, device, dtype) -> slots (B, m, dim).
+
+
+def _init_learned(module: "SlotAttention", B: int, device, dtype) -> torch.Tensor:
+    m, d = module.config.n_slots, module.config.dim
+    noise = torch.randn(B, m, d, device=device, dtype=dtype)
+    return module.slots_mu + module.slots_log_sigma.exp() * noise
+
+
+def _init_fixed(module: "SlotAttention", B: int, device, dtype) -> torch.Tensor:
+    return torch.randn(B, module.config.n_slots, module.config.dim, device=device, dtype=dtype)
+
+
+def _init_equal(module: "SlotAttention", B: int, device, dtype) -> torch.Tensor:
+    return module.slots_mu.expand(B, module.config.n_slots, module.config.dim)
+
+
+SLOT_INITS: dict[str, Callable[..., torch.Tensor]] = {
+    "learned": _init_learned,
+    "fixed": _init_fixed,
+    "equal": _init_equal,
+}
+
+
+def _scalar_mlp(d_in: int, hidden: int) -> nn.Sequential:
+    """h_a / h_b of App. A: R^d_in -> R, shared over the set elements."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1, bias=False))
+
+
+class SlotAttention(nn.Module):
+    """Slot attention (Locatello et al., 2020) with SA / SA-SH / SA-EMD / SA-MESH cross-attention.
+
+    Usage::
+
+        sa = SlotAttention(SlotAttentionConfig(n_slots=5, dim=32, input_dim=32, variant="sa-mesh"))
+        slots, attn = sa(x)                  # x (B, n, input_dim)
+        slots, attn = sa(x, slots=previous)  # video: start from the previous frame's slots
+
+    See the module docstring for the maths and the options.
+    """
+
+    def __init__(self, config: SlotAttentionConfig):
+        super().__init__()
+        if not isinstance(config, SlotAttentionConfig):
+            raise ValueError(f"config must be a SlotAttentionConfig, got {type(config).__name__}")
+        self.config = config
+        self._variant = ATTENTION_VARIANTS[config.variant]
+        self._cost = COSTS[config.cost]
+        self._init = SLOT_INITS[config.init]
+        d, d_in, hidden = config.dim, config.input_dim, config.mlp_hidden
+
+        self.norm_inputs = nn.LayerNorm(d_in)
+        self.norm_slots = nn.LayerNorm(d)
+        self.norm_mlp = nn.LayerNorm(d)
+        self.to_q = nn.Linear(d, d, bias=False)
+        self.to_k = nn.Linear(d_in, d, bias=False)
+        self.to_v = nn.Linear(d_in, d, bias=False)
+        self.gru = nn.GRUCell(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+
+        if self._variant.is_ot and config.ot.learned_marginals:
+            self.input_marginal = _scalar_mlp(d_in, hidden)
+            self.slot_marginal = _scalar_mlp(d, hidden)
+        if config.init in ("learned", "equal"):
+            self.slots_mu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, 1, d)))
+        if config.init == "learned":
+            self.slots_log_sigma = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, 1, d)))
+
+    # -----------------------------------------------------------------------------------------------
+    def _input_marginal(self, xn: torch.Tensor) -> torch.Tensor:
+        """xn (B, n, input_dim) normalized inputs -> a (B, n), summing to n_slots."""
+        m = self.config.n_slots
+        if self.config.ot.learned_marginals:
+            return m * torch.softmax(self.input_marginal(xn).squeeze(2), dim=1)
+        return xn.new_full(xn.shape[:2], m / xn.shape[1])
+
+    def _slot_marginal(self, zn: torch.Tensor) -> torch.Tensor:
+        """zn (B, m, dim) normalized slots -> b (B, m), summing to n_slots."""
+        if self.config.ot.learned_marginals:
+            return self.config.n_slots * torch.softmax(self.slot_marginal(zn).squeeze(2), dim=1)
+        return zn.new_ones(zn.shape[:2])
+
+    def marginals(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The OT marginals (App. A) for inputs and slots.
+
+        Args:
+            x: (B, n, input_dim) inputs. slots: (B, n_slots, dim) slots.
+
+        Returns:
+            a (B, n) on the inputs and b (B, n_slots) on the slots, each summing to n_slots.
+
+        Raises:
+            ValueError for the "sa" variant (it has no marginals) or bad shapes.
+        """
+        if not self._variant.is_ot:
+            raise ValueError(f"variant {self.config.variant!r} has no OT marginals")
+        self._check_inputs(x, slots)
+        return self._input_marginal(self.norm_inputs(x)), self._slot_marginal(self.norm_slots(slots))
+
+    def _check_inputs(self, x, slots) -> None:
+        cfg = self.config
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[2] != cfg.input_dim:
+            raise ValueError(f"x must have shape (B, n, input_dim={cfg.input_dim}), got {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError("x must have at least one input element (n >= 1)")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"x must be float32 or float64, got {x.dtype}")
+        if slots is not None:
+            if not isinstance(slots, torch.Tensor):
+                raise ValueError(f"slots must be a torch.Tensor or None, got {type(slots).__name__}")
+            want = (x.shape[0], cfg.n_slots, cfg.dim)
+            if tuple(slots.shape) != want:
+                raise ValueError(f"slots must have shape (B, n_slots, dim) = {want}, got {tuple(slots.shape)}")
+            if slots.dtype != x.dtype or slots.device != x.device:
+                raise ValueError(f"slots ({slots.dtype}, {slots.device}) must match x ({x.dtype}, {x.device})")
+
+    def _iterate(self, slots, k, v, a, noise):
+        """One slot-attention iteration.
+
+        Args:
+            slots: (B, m, dim). k, v: (B, n, dim). a: (B, n) or None. noise: (B, n, m) or None.
+
+        Returns:
+            new slots (B, m, dim) and the plan (B, n, m).
+        """
+        cfg = self.config
+        B, m, d = slots.shape
+        zn = self.norm_slots(slots)
+        q = self.to_q(zn)  # (B, m, dim)
+        C = self._cost(k, q)  # (B, n, m): rows are inputs, columns are slots
+        b = self._slot_marginal(zn) if self._variant.is_ot else None  # (B, m)
+        plan = self._variant.plan(C, a, b, noise, cfg.ot)  # (B, n, m)
+        if self._variant.is_ot and not cfg.ot.normalize_plan:
+            weights = plan
+        else:
+            weights = plan + cfg.eps
+            weights = weights / weights.sum(1, keepdim=True)  # (B, n, m): every column sums to 1
+        updates = torch.bmm(weights.transpose(1, 2), v)  # (B, m, dim)
+        slots = self.gru(updates.reshape(B * m, d), slots.reshape(B * m, d)).reshape(B, m, d)
+        slots = slots + self.mlp(self.norm_mlp(slots))
+        return slots, plan
+
+    def forward(self, x: torch.Tensor, slots: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``n_iters`` slot-attention iterations.
+
+        Args:
+            x: (B, n, input_dim) inputs, float32 or float64.
+            slots: optional (B, n_slots, dim) initial slots (overrides ``config.init``), e.g. the previous
+                video frame's slots.
+
+        Returns:
+            slots (B, n_slots, dim) after the last iteration; attn (B, n, n_slots), the attention plan of
+            the last iteration before normalization over inputs (rows are inputs, columns are slots):
+            for "sa" each row sums to 1, for the OT variants rows sum to a and columns to b (2a and 2b for
+            "sa-emd").
+        """
+        self._check_inputs(x, slots)
+        cfg = self.config
+        B, n, _ = x.shape
+        xn = self.norm_inputs(x)
+        k, v = self.to_k(xn), self.to_v(xn)  # (B, n, dim)
+        a = self._input_marginal(xn) if self._variant.is_ot else None  # (B, n)
+        noise = torch.randn(B, n, cfg.n_slots, device=x.device, dtype=x.dtype) if self._variant.needs_noise else None
+        if slots is None:
+            slots = self._init(self, B, x.device, x.dtype)
+
+        if cfg.implicit_grad:
+            with torch.no_grad():
+                for _ in range(cfg.n_iters - 1):
+                    slots, _ = self._iterate(slots, k, v, a, noise)
+            slots = slots.detach()
+        else:
+            for _ in range(cfg.n_iters - 1):
+                slots, _ = self._iterate(slots, k, v, a, noise)
+        return self._iterate(slots, k, v, a, noise)

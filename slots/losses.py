@@ -1,0 +1,159 @@
+"""Hungarian-matched set loss for set prediction (paper App. F.1 and F.2).
+
+The prediction and the target are unordered sets, so the loss first finds the least-cost one-to-one
+matching between predicted and target elements (the Hungarian algorithm,
+``scipy.optimize.linear_sum_assignment``) and then averages the squared error over the matched pairs.
+The pairwise costs are computed for the whole batch at once in torch; only the assignment itself runs on
+the CPU, one small problem per batch element. Gradients flow through the matched costs; the matching
+itself is piecewise constant and carries none.
+
+Padded targets (CLEVR has up to ten objects per scene) are excluded with a presence mask: they take no
+part in the matching and add nothing to the loss. Predictions left unmatched (more slots than present
+targets) add nothing either. To train a "this slot is empty" output as Locatello et al. (2020) and DSPN
+do, pad the targets with an explicit absent-object vector instead and pass no mask, so that every slot is
+matched.
+
+Known limits: the assignment is a Python loop over the batch (fine for the tens of elements per set of
+the paper's tasks; it is not meant for sets of thousands of elements).
+"""
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["pairwise_mse", "hungarian_match", "hungarian_mse_loss"]
+
+
+def _check_sets(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Validate (pred, target, mask) and return the mask as a bool tensor (B, k)."""
+    for name, t in (("pred", pred), ("target", target)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(f"{name} must have shape (B, set size, D), got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if pred.shape[0] != target.shape[0]:
+        raise ValueError(f"pred and target batch sizes differ: {pred.shape[0]} vs {target.shape[0]}")
+    if pred.shape[2] != target.shape[2]:
+        raise ValueError(f"pred and target element sizes differ: {pred.shape[2]} vs {target.shape[2]}")
+    if pred.shape[2] == 0:
+        raise ValueError("elements must have at least one feature (D >= 1)")
+    B, k = target.shape[:2]
+    if mask is None:
+        mask = torch.ones(B, k, dtype=torch.bool, device=target.device)
+    else:
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, k):
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a tensor of shape (B, k) = {(B, k)}, got {shape}")
+        mask = mask.to(device=target.device, dtype=torch.bool)
+    n_present = mask.sum(1)
+    too_many = n_present > pred.shape[1]
+    if too_many.any():
+        i = int(too_many.nonzero()[0, 0])
+        raise ValueError(
+            f"batch element {i} has {int(n_present[i])} present targets but only {pred.shape[1]} predictions; "
+            "every present target needs its own prediction"
+        )
+    return mask
+
+
+def pairwise_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of every (target, prediction) pair.
+
+    Args:
+        pred: (B, m, D) predicted elements.
+        target: (B, k, D) target elements.
+
+    Returns:
+        (B, k, m) costs; entry [b, i, j] is ``((target[b, i] - pred[b, j]) ** 2).mean()``.
+    """
+    for name, t in (("pred", pred), ("target", target)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a tensor of shape (B, set size, D), got {shape}")
+    if pred.shape[0] != target.shape[0] or pred.shape[2] != target.shape[2]:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must share B and D")
+    diff = target[:, :, None, :] - pred[:, None, :, :]  # (B, k, m, D)
+    return diff.pow(2).mean(3)
+
+
+def _assign(cost: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Least-cost assignment of present targets to predictions.
+
+    Args:
+        cost: (B, k, m) costs, rows are targets, columns are predictions.
+        mask: (B, k) bool, True for present targets.
+
+    Returns:
+        (B, k) int64 on ``cost.device``: the prediction matched to each target, -1 for absent targets.
+    """
+    cost_np = cost.detach().to("cpu", torch.float64).numpy()
+    mask_np = mask.cpu().numpy()
+    if not np.isfinite(cost_np).all():
+        b = int(np.nonzero(~np.isfinite(cost_np).reshape(len(cost_np), -1).all(1))[0][0])
+        raise ValueError(f"matching costs contain NaN or Inf (batch element {b}); check pred and target")
+    out = np.full(mask_np.shape, -1, dtype=np.int64)
+    for b in range(cost_np.shape[0]):
+        rows = np.nonzero(mask_np[b])[0]
+        if rows.size == 0:
+            continue
+        r, c = linear_sum_assignment(cost_np[b, rows])
+        out[b, rows[r]] = c
+    return torch.from_numpy(out).to(cost.device)
+
+
+def hungarian_match(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Least-MSE one-to-one matching of targets to predictions (no gradient).
+
+    Args:
+        pred: (B, m, D) predicted elements.
+        target: (B, k, D) target elements; at most m of them present per batch element.
+        mask: optional (B, k) bool, True where the target is present (padding is False).
+
+    Returns:
+        (B, k) int64: index into the m predictions matched to each target, -1 for absent targets.
+
+    Raises:
+        ValueError for mismatched shapes, a mask of the wrong shape, more present targets than
+        predictions, or non-finite costs.
+    """
+    mask = _check_sets(pred, target, mask)
+    with torch.no_grad():
+        cost = pairwise_mse(pred, target)  # (B, k, m)
+    return _assign(cost, mask)
+
+
+def hungarian_mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                       reduction: str = "mean") -> torch.Tensor:
+    """Hungarian-matched mean squared error between two sets (App. F.1).
+
+    Every (target, prediction) pair gets its MSE over the D features; the least-cost matching is found
+    per batch element with ``scipy.optimize.linear_sum_assignment``; the loss is the mean of the matched
+    pairs' MSEs. Gradients reach ``pred`` (and ``target``) through the matched pairs.
+
+    Args:
+        pred: (B, m, D) predicted elements.
+        target: (B, k, D) target elements, k <= m present per batch element.
+        mask: optional (B, k) bool, True where the target is present. Absent targets are not matched
+            and add nothing.
+        reduction: "mean": one scalar, the mean over all matched pairs of the batch (every matched pair
+            weighs the same, so batch elements with more objects weigh more). "none": (B,) per batch
+            element, the mean over its own matched pairs (0 where it has no present target).
+
+    Returns:
+        () or (B,) tensor, see ``reduction``.
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    mask = _check_sets(pred, target, mask)
+    cost = pairwise_mse(pred, target)  # (B, k, m): rows are targets, columns are predictions
+    idx = _assign(cost, mask)  # (B, k)
+    matched = cost.gather(2, idx.clamp_min(0)[:, :, None]).squeeze(2)  # (B, k)
+    matched = torch.where(mask, matched, torch.zeros_like(matched))
+    counts = mask.sum(1)  # (B,)
+    if reduction == "none":
+        return matched.sum(1) / counts.clamp_min(1).to(matched.dtype)
+    total = counts.sum()
+    if int(total) == 0:
+        raise ValueError("no present targets in the batch: the mean over matched pairs is undefined")
+    return matched.sum() / total.to(matched.dtype)

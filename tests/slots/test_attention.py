@@ -1,0 +1,264 @@
+"""Tests of slots.attention: shapes and gradients of every variant and cost, marginals, equality with a
+hand-written Locatello step, (lack of) set-equivariance, implicit differentiation and input checks."""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slots import ATTENTION_VARIANTS, COSTS, OTConfig, SlotAttention, SlotAttentionConfig
+
+VARIANTS = sorted(ATTENTION_VARIANTS)
+OT_VARIANTS = [v for v in VARIANTS if v != "sa"]
+
+
+def make(variant="sa-mesh", cost="l2", n_slots=4, dim=8, input_dim=6, seed=0, **kw):
+    torch.manual_seed(seed)
+    ot = kw.pop("ot", OTConfig())
+    return SlotAttention(SlotAttentionConfig(n_slots=n_slots, dim=dim, input_dim=input_dim, variant=variant,
+                                             cost=cost, mlp_hidden=16, ot=ot, **kw))
+
+
+@pytest.mark.parametrize("variant,cost", list(itertools.product(VARIANTS, sorted(COSTS))))
+def test_forward_backward_every_variant_and_cost(variant, cost):
+    sa = make(variant, cost, implicit_grad=(cost != "dot"))
+    x = torch.randn(3, 10, 6, requires_grad=True)
+    slots, attn = sa(x)
+    assert slots.shape == (3, 4, 8)
+    assert attn.shape == (3, 10, 4)
+    assert torch.isfinite(slots).all() and torch.isfinite(attn).all()
+    assert (attn >= 0).all()
+    if variant == "sa":
+        torch.testing.assert_close(attn.sum(2), torch.ones(3, 10))  # softmax over slots
+    else:
+        mass = 2 * 4 if variant == "sa-emd" else 4  # Eq. 8 adds two plans of mass n_slots each
+        torch.testing.assert_close(attn.sum((1, 2)), torch.full((3,), float(mass)), rtol=1e-4, atol=1e-4)
+    (slots.square().sum() + attn.square().sum()).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for name, p in sa.named_parameters():
+        if name.startswith("slots_") and sa.config.implicit_grad:
+            continue  # the initialization gets no gradient under implicit differentiation
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+    for name in ("to_q.weight", "to_k.weight", "to_v.weight", "gru.weight_hh"):
+        assert dict(sa.named_parameters())[name].grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("variant", OT_VARIANTS)
+def test_ot_plan_meets_marginals(variant):
+    sa = make(variant, n_iters=1, ot=OTConfig(n_sh_iters=300))
+    x, s0 = torch.randn(2, 12, 6), torch.randn(2, 4, 8)
+    _, attn = sa(x, slots=s0)
+    a, b = sa.marginals(x, s0)
+    factor = 2 if variant == "sa-emd" else 1
+    torch.testing.assert_close(attn.sum(1), factor * b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(attn.sum(2), factor * a, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_marginals_sum_to_n_slots(learned):
+    sa = make("sa-sh", n_slots=5, ot=OTConfig(learned_marginals=learned))
+    x, s = torch.randn(3, 17, 6) * 3, torch.randn(3, 5, 8)
+    a, b = sa.marginals(x, s)
+    assert a.shape == (3, 17) and b.shape == (3, 5)
+    torch.testing.assert_close(a.sum(1), torch.full((3,), 5.0))
+    torch.testing.assert_close(b.sum(1), torch.full((3,), 5.0))
+    assert (a > 0).all() and (b > 0).all()
+    if learned:
+        assert a.std() > 0 and b.std() > 0  # not uniform: the MLPs see the elements
+    else:
+        torch.testing.assert_close(a, torch.full_like(a, 5 / 17))
+        torch.testing.assert_close(b, torch.ones_like(b))
+    assert hasattr(sa, "input_marginal") == learned
+    with pytest.raises(ValueError, match="no OT marginals"):
+        make("sa").marginals(x, s)
+
+
+def _locatello_step(sa, x, slots):
+    """One iteration of Locatello et al. (2020), written out with the module's weights."""
+    d = slots.shape[2]
+    xn = F.layer_norm(x, x.shape[2:], sa.norm_inputs.weight, sa.norm_inputs.bias)
+    k, v = xn @ sa.to_k.weight.T, xn @ sa.to_v.weight.T  # (B, n, d)
+    q = F.layer_norm(slots, (d,), sa.norm_slots.weight, sa.norm_slots.bias) @ sa.to_q.weight.T  # (B, m, d)
+    logits = q @ k.transpose(1, 2) / math.sqrt(d)  # (B, m, n)
+    attn = logits.softmax(dim=1)  # over slots
+    w = (attn + 1e-8) / (attn + 1e-8).sum(2, keepdim=True)  # weighted mean over inputs
+    u = w @ v  # (B, m, d)
+    g = sa.gru
+    W_ir, W_iz, W_in = g.weight_ih.chunk(3)
+    W_hr, W_hz, W_hn = g.weight_hh.chunk(3)
+    b_ir, b_iz, b_in = g.bias_ih.chunk(3)
+    b_hr, b_hz, b_hn = g.bias_hh.chunk(3)
+    r = torch.sigmoid(u @ W_ir.T + b_ir + slots @ W_hr.T + b_hr)
+    z = torch.sigmoid(u @ W_iz.T + b_iz + slots @ W_hz.T + b_hz)
+    nn_ = torch.tanh(u @ W_in.T + b_in + r * (slots @ W_hn.T + b_hn))
+    h = (1 - z) * nn_ + z * slots
+    lin1, lin2 = sa.mlp[0], sa.mlp[2]
+    hn = F.layer_norm(h, (d,), sa.norm_mlp.weight, sa.norm_mlp.bias)
+    h = h + torch.relu(hn @ lin1.weight.T + lin1.bias) @ lin2.weight.T + lin2.bias
+    return h, attn.transpose(1, 2)
+
+
+def test_sa_dot_equals_handwritten_locatello():
+    sa = make("sa", "dot", n_iters=2).double()
+    x, s0 = torch.randn(2, 9, 6, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64)
+    slots, attn = sa(x, slots=s0)
+    ref, _ = _locatello_step(sa, x, s0)
+    ref, ref_attn = _locatello_step(sa, x, ref)
+    torch.testing.assert_close(slots, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(attn, ref_attn, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", ["sa", "sa-sh"])
+def test_set_equivariance_of_sa_and_sa_sh(variant):
+    sa = make(variant).double()
+    x, s0 = torch.randn(2, 11, 6, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64)
+    perm = torch.tensor([2, 0, 3, 1])
+    slots, attn = sa(x, slots=s0)
+    slots_p, attn_p = sa(x, slots=s0[:, perm])
+    torch.testing.assert_close(slots_p, slots[:, perm], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(attn_p, attn[:, :, perm], rtol=1e-9, atol=1e-9)
+
+
+def _pairwise_gap_range(slots):
+    """Smallest and largest distance between two slots of each batch element."""
+    d = torch.cdist(slots, slots)  # (B, m, m)
+    off = ~torch.eye(slots.shape[1], dtype=torch.bool)
+    return d[:, off].min(), d[:, off].max()
+
+
+def test_mesh_breaks_ties_that_sa_and_sa_sh_cannot():
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 6)
+    s0 = torch.randn(2, 4, 8)
+    s0[:, 1] = s0[:, 0]  # two identical initial slots
+    for variant in ("sa", "sa-sh"):
+        slots, attn = make(variant, seed=1)(x, slots=s0)
+        torch.testing.assert_close(slots[:, 0], slots[:, 1])  # set-equivariant: the tie stays
+        torch.testing.assert_close(attn[:, :, 0], attn[:, :, 1])
+    slots, attn = make("sa-mesh", seed=1)(x, slots=s0)
+    assert (slots[:, 0] - slots[:, 1]).norm(dim=1).min() > 1e-2
+    assert (attn[:, :, 0] - attn[:, :, 1]).abs().sum(1).min() > 1e-1
+
+
+def test_equal_init_collapses_sa_but_not_mesh():
+    x = torch.randn(2, 12, 6)
+    sa = make("sa", init="equal")
+    slots, _ = sa(x)
+    assert _pairwise_gap_range(slots)[1] < 1e-5  # all slots stay identical
+    slots, _ = make("sa-mesh", init="equal")(x)
+    assert _pairwise_gap_range(slots)[0] > 1e-2  # every pair of slots separated
+
+
+def test_slot_inits():
+    learned, fixed, equal = make(init="learned"), make(init="fixed"), make(init="equal")
+    names = {k: {n for n, _ in m.named_parameters() if n.startswith("slots_")} for k, m in
+             (("learned", learned), ("fixed", fixed), ("equal", equal))}
+    assert names == {"learned": {"slots_mu", "slots_log_sigma"}, "fixed": set(), "equal": {"slots_mu"}}
+    x = torch.randn(3, 7, 6)
+    for m in (learned, fixed):
+        torch.manual_seed(0)
+        a, _ = m(x)
+        b, _ = m(x)
+        assert not torch.allclose(a, b)  # random initial slots per call
+    torch.manual_seed(0)
+    init = equal._init(equal, 3, x.device, x.dtype)
+    assert init.shape == (3, 4, 8) and (init == equal.slots_mu).all()
+
+
+def test_implicit_grad_only_through_last_iteration():
+    x = torch.randn(2, 10, 6)
+    s0 = torch.randn(2, 4, 8)
+    full = make("sa-sh", n_iters=3, implicit_grad=True).double()
+    plain = make("sa-sh", n_iters=3, implicit_grad=False).double()
+    plain.load_state_dict(full.state_dict())
+    last = make("sa-sh", n_iters=1, implicit_grad=False).double()
+    first = make("sa-sh", n_iters=2, implicit_grad=False).double()
+    for m in (last, first):
+        m.load_state_dict(full.state_dict())
+    x, s0 = x.double(), s0.double()
+
+    def grads(module, start):
+        module.zero_grad()
+        slots, attn = module(x, slots=start)
+        (slots.sin().sum() + attn.square().sum()).backward()
+        return slots, {n: p.grad for n, p in module.named_parameters() if not n.startswith("slots_")}
+
+    s_full, g_full = grads(full, s0)
+    with torch.no_grad():
+        s_mid, _ = first(x, slots=s0)
+    s_last, g_last = grads(last, s_mid)
+    _, g_plain = grads(plain, s0)
+    torch.testing.assert_close(s_full, s_last)
+    for n in g_full:
+        torch.testing.assert_close(g_full[n], g_last[n], rtol=1e-9, atol=1e-12)
+    # the full (unrolled) gradient is different: implicit_grad really cuts the earlier iterations
+    assert (g_plain["to_q.weight"] - g_full["to_q.weight"]).abs().max() > 1e-4
+
+    s_req = s0.clone().requires_grad_(True)
+    slots, _ = full(x, slots=s_req)
+    slots.sum().backward()
+    assert s_req.grad is None  # passed-in slots get no gradient
+    learned = make("sa-mesh", init="learned", implicit_grad=True)
+    learned(torch.randn(2, 10, 6))[0].sum().backward()
+    assert learned.slots_mu.grad is None and learned.slots_log_sigma.grad is None
+    learned = make("sa-mesh", init="learned", implicit_grad=False)
+    learned(torch.randn(2, 10, 6))[0].sum().backward()
+    assert learned.slots_mu.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant,cost", [("sa", "dot"), ("sa-sh", "l2"), ("sa-sh", "cosine")])
+def test_gradcheck_float64(variant, cost):
+    sa = make(variant, cost, n_slots=2, dim=3, input_dim=3, n_iters=2).double()
+    s0 = torch.randn(1, 2, 3, dtype=torch.float64)
+    x = torch.randn(1, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: sa(x, slots=s0)[0], (x,), eps=1e-6, atol=1e-5)
+
+
+def test_normalize_plan_option():
+    x, s0 = torch.randn(2, 10, 6), torch.randn(2, 4, 8)
+    # uniform marginals: every column already sums to 1, so normalizing changes nothing
+    uni = [make("sa-sh", ot=OTConfig(learned_marginals=False, normalize_plan=f)) for f in (True, False)]
+    out = [m(x, slots=s0)[0] for m in uni]
+    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
+    # learned marginals: the raw plan scales each slot's update by b_j
+    lrn = [make("sa-sh", ot=OTConfig(normalize_plan=f)) for f in (True, False)]
+    out = [m(x, slots=s0)[0] for m in lrn]
+    assert (out[0] - out[1]).abs().max() > 1e-4
+
+
+def test_config_checks_and_round_trip():
+    cfg = SlotAttentionConfig(n_slots=5, dim=32, input_dim=32, variant="sa-mesh", cost="l2", n_iters=3,
+                              mlp_hidden=128, init="learned", implicit_grad=True, ot=OTConfig(mesh_lr=4.0))
+    again = SlotAttentionConfig(**cfg.to_dict())
+    assert again == cfg and isinstance(again.ot, OTConfig) and again.ot.mesh_lr == 4.0
+    bad = [dict(variant="mesh"), dict(cost="euclid"), dict(init="random"), dict(n_slots=0), dict(dim=2.5),
+           dict(n_iters=0), dict(implicit_grad="yes"), dict(ot=3)]
+    for kw in bad:
+        args = dict(n_slots=3, dim=4, input_dim=4) | kw
+        with pytest.raises(ValueError):
+            SlotAttentionConfig(**args)
+    for kw in (dict(tau=0.0), dict(n_sh_iters=0), dict(mesh_iters=-1), dict(mesh_lr=math.nan),
+               dict(noise_scale=-1.0), dict(reuse_uv=1)):
+        with pytest.raises(ValueError):
+            OTConfig(**kw)
+    with pytest.raises(ValueError, match="SlotAttentionConfig"):
+        SlotAttention({"n_slots": 3})
+
+
+def test_bad_inputs_raise_value_error():
+    sa = make("sa-mesh")
+    cases = [
+        (torch.randn(10, 6), None, "shape"),  # no batch dimension
+        (torch.randn(2, 10, 5), None, "input_dim"),  # wrong feature size
+        (torch.randn(2, 0, 6), None, "at least one"),  # empty set
+        (torch.randint(0, 3, (2, 10, 6)), None, "float32"),  # integer inputs
+        (torch.randn(2, 10, 6), torch.randn(2, 3, 8), "slots"),  # wrong number of slots
+        (torch.randn(2, 10, 6), torch.randn(1, 4, 8), "slots"),  # wrong batch
+        (torch.randn(2, 10, 6), torch.randn(2, 4, 8, dtype=torch.float64), "match"),
+        ([[1.0]], None, "Tensor"),
+    ]
+    for x, s, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            sa(x, slots=s)

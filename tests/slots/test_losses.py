@@ -1,0 +1,104 @@
+"""Tests of slots.losses against brute-force matching over all permutations."""
+import itertools
+
+import pytest
+import torch
+
+from slots import hungarian_match, hungarian_mse_loss, pairwise_mse
+
+
+def brute_force(pred, target, mask):
+    """Per batch element: the least total MSE over every injective map of present targets to predictions,
+    and that map."""
+    losses, maps = [], []
+    for p, t, mk in zip(pred, target, mask):
+        rows = [i for i in range(len(t)) if mk[i]]
+        best, best_map = None, None
+        for cols in itertools.permutations(range(len(p)), len(rows)):
+            total = sum(float(((t[i] - p[j]) ** 2).mean()) for i, j in zip(rows, cols))
+            if best is None or total < best:
+                best, best_map = total, dict(zip(rows, cols))
+        losses.append((best, len(rows)))
+        maps.append(best_map)
+    return losses, maps
+
+
+def test_pairwise_mse_entries():
+    pred, target = torch.randn(2, 4, 3), torch.randn(2, 5, 3)
+    C = pairwise_mse(pred, target)
+    assert C.shape == (2, 5, 4)
+    torch.testing.assert_close(C[1, 3, 2], ((target[1, 3] - pred[1, 2]) ** 2).mean())
+    with pytest.raises(ValueError, match="share B and D"):
+        pairwise_mse(pred, torch.randn(2, 5, 4))
+
+
+@pytest.mark.parametrize("m,k", [(5, 5), (6, 4)])
+def test_matches_brute_force(m, k):
+    torch.manual_seed(0)
+    pred, target = torch.randn(6, m, 3, dtype=torch.float64), torch.randn(6, k, 3, dtype=torch.float64)
+    mask = torch.rand(6, k) > 0.3
+    mask[0] = True
+    ref, maps = brute_force(pred, target, mask)
+    loss = hungarian_mse_loss(pred, target, mask)
+    per = hungarian_mse_loss(pred, target, mask, reduction="none")
+    total, count = sum(r[0] for r in ref), sum(r[1] for r in ref)
+    torch.testing.assert_close(loss, torch.tensor(total / count, dtype=torch.float64))
+    torch.testing.assert_close(per, torch.tensor([r[0] / max(r[1], 1) for r in ref], dtype=torch.float64))
+    idx = hungarian_match(pred, target, mask)
+    for b, mp in enumerate(maps):
+        for i in range(k):
+            assert int(idx[b, i]) == (mp[i] if mask[b, i] else -1)
+
+
+def test_permuted_target_gives_zero_and_gradient_is_exact():
+    torch.manual_seed(1)
+    target = torch.randn(4, 5, 7)
+    perm = torch.stack([torch.randperm(5) for _ in range(4)])
+    pred = target.gather(1, perm[:, :, None].expand(-1, -1, 7)).clone().requires_grad_(True)
+    loss = hungarian_mse_loss(pred, target)
+    assert float(loss.detach()) == 0.0
+    # shift every prediction; gradient of the mean over 20 pairs of per-pair means over 7 features
+    shifted = (pred.detach() + 0.1).requires_grad_(True)
+    loss = hungarian_mse_loss(shifted, target)
+    torch.testing.assert_close(loss, torch.tensor(0.01))
+    loss.backward()
+    torch.testing.assert_close(shifted.grad, torch.full_like(shifted, 2 * 0.1 / (20 * 7)))
+
+
+def test_padded_targets_are_ignored_and_unmatched_predictions_get_no_gradient():
+    torch.manual_seed(2)
+    pred = torch.randn(2, 6, 3, requires_grad=True)
+    target = torch.randn(2, 4, 3)
+    mask = torch.tensor([[True, True, False, True], [True, False, False, False]])
+    garbage = target.clone()
+    garbage[~mask] = 1e3  # padding values must not matter
+    loss = hungarian_mse_loss(pred, target, mask)
+    torch.testing.assert_close(hungarian_mse_loss(pred, garbage, mask), loss)
+    loss.backward()
+    idx = hungarian_match(pred, target, mask)
+    for b in range(2):
+        used = set(idx[b][idx[b] >= 0].tolist())
+        for j in range(6):
+            assert (pred.grad[b, j].abs().sum() > 0) == (j in used)
+
+
+def test_reduction_none_with_empty_element_and_errors():
+    pred, target = torch.randn(2, 3, 2), torch.randn(2, 3, 2)
+    mask = torch.tensor([[True, True, True], [False, False, False]])
+    per = hungarian_mse_loss(pred, target, mask, reduction="none")
+    assert per[1] == 0 and per[0] > 0
+    torch.testing.assert_close(hungarian_mse_loss(pred, target, mask), per[0])
+    with pytest.raises(ValueError, match="no present targets"):
+        hungarian_mse_loss(pred, target, torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="only 2 predictions"):
+        hungarian_mse_loss(torch.randn(2, 2, 2), target)
+    with pytest.raises(ValueError, match="mask"):
+        hungarian_mse_loss(pred, target, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="reduction"):
+        hungarian_mse_loss(pred, target, reduction="sum")
+    with pytest.raises(ValueError, match="shape"):
+        hungarian_mse_loss(torch.randn(3, 2), target)
+    with pytest.raises(ValueError, match="NaN"):
+        hungarian_mse_loss(torch.full((2, 3, 2), float("nan")), target)
+    with pytest.raises(ValueError, match="floating"):
+        hungarian_mse_loss(torch.ones(2, 3, 2, dtype=torch.long), target)
