@@ -49,8 +49,8 @@ import json
 import math
 import os
 import random
+import secrets
 import signal
-import tempfile
 import threading
 import time
 import warnings
@@ -358,8 +358,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write ``path`` through a temporary file in the same folder: flush, fsync, ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``path`` through a temporary file in the same folder: flush, fsync, ``os.replace``.
+
+    The temporary file is created like ``open(path, "w")`` would (mode 0o666 less the umask), not with
+    mkstemp's 0o600, so the renamed file has the permissions of any other file of the run folder.
+    """
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)

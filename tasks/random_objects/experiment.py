@@ -163,7 +163,11 @@ def _finished(cfg: ExperimentConfig, variant: str, seed: int) -> dict | None:
         raise CheckpointError(f"{path} cannot be read: {e}") from None
     if results.get("task") != TASK or results.get("task_config") != json.loads(json.dumps(cfg.task_config(variant, seed))):
         raise CheckpointError(f"{path} belongs to another task or configuration; choose another --out")
-    return results if results.get("step", 0) >= cfg.steps else None
+    step = results.get("step", 0)
+    if step > cfg.steps:  # reusing it would report a longer run under this run's budget
+        raise CheckpointError(f"{path} is a finished run of {step} steps, more than the {cfg.steps} asked for; "
+                              "choose another --out or --steps")
+    return results if step >= cfg.steps else None
 
 
 def _loss(model, batch) -> torch.Tensor:
@@ -210,9 +214,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     runs = [(v, s) for v in cfg.variants for s in range(cfg.seeds)]
     reuse = {}
     for v, s in runs:  # check every run folder before training anything
+        # also for finished runs: their checkpoint holds the training configuration (lr, schedule, ...),
+        # which results.json's task_config does not cover
+        check_resumable(cfg.train_config(v, s), TASK, cfg.task_config(v, s))
         reuse[v, s] = _finished(cfg, v, s)
-        if reuse[v, s] is None:
-            check_resumable(cfg.train_config(v, s), TASK, cfg.task_config(v, s))
 
     test = make_split("test", cfg.n_test, cfg.sigma, TEST_SEED, cfg.n_objects, cfg.n_background, cfg.dim)
     evaluate = _make_eval(test, cfg.sigma, cfg.eval_batch)

@@ -1,0 +1,284 @@
+"""Tests of the random-objects command line (``python -m tasks.random_objects``): a tiny end-to-end run and
+its summary files, argument checks, unusable run folders (corrupt or foreign checkpoints, existing runs)
+refused with nothing overwritten, reuse of finished runs, Ctrl-C then --resume, and torchrun."""
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tasks.random_objects.experiment as experiment
+from slots.train import CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, load_checkpoint
+from tasks.random_objects import PAPER_TABLE1, format_table
+from tasks.random_objects.__main__ import QUICK, build_parser, config_from_args, main
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--steps", "3", "--n-train", "128", "--n-test", "64", "--batch-size", "32", "--variant", "sa",
+        "--threads", "1", "--no-progress"]
+SUMMARY = ("table.md", "table.json", "rmse_vs_steps.png")
+
+
+def run_main(argv):
+    """main(argv) -> (exit status, stdout, stderr); argparse errors give their SystemExit code."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: (bytes, mtime_ns)} of every file under folder (None for folders)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny run (sigma 0.01, SA, 3 steps): (out folder, exit status, stdout, stderr)."""
+    out = tmp_path_factory.mktemp("finished")
+    n = torch.get_num_threads()
+    code, stdout, stderr = run_main([*TINY, "--out", out])
+    torch.set_num_threads(n)
+    return out, code, stdout, stderr
+
+
+@pytest.fixture
+def copy_of(finished, tmp_path):
+    """A copy of the finished run folder (mtimes kept)."""
+    dst = tmp_path / "run"
+    shutil.copytree(finished[0], dst)
+    return dst
+
+
+def test_end_to_end_writes_table_and_plot(finished):
+    out, code, stdout, stderr = finished
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([*SUMMARY, "sa"])
+    run_dir = out / "sa" / "seed0"
+    results = json.loads((run_dir / RESULTS_NAME).read_text())
+    assert results["step"] == 3 and results["task"] == "random_objects"
+    assert results["task_config"]["sigma"] == 0.01 and results["task_config"]["variant"] == "sa"
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 3
+    ours = results["eval"]["rmse_norm"]
+    assert 0.5 < ours < 1.5  # 3 steps from a zero read-out: about the always-zeros baseline
+
+    summary = json.loads((out / "table.json").read_text())
+    assert summary["sigma"] == 0.01 and summary["config"]["steps"] == 3 and summary["config"]["n_test"] == 64
+    (row,) = summary["rows"]
+    assert row["name"] == "SA" and row["ours"] == ours and row["per_seed"] == [ours]
+    assert row["paper"] == PAPER_TABLE1["sa"][0.01] == 0.65
+    assert summary["zeros_baseline"] == pytest.approx(1.0, abs=0.1)
+    curves = summary["curves"]["sa"]["seed0"]
+    assert curves["eval_step"] == [3] and curves["test_rmse_norm"] == [ours] and curves["train_step"] == [3]
+
+    table = (out / "table.md").read_text()
+    assert table == format_table(summary) + "\n"
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert [c.strip() for c in header.strip("|").split("|")][:3] == ["model", "ours",
+                                                                    "paper (Table 1, median of 5 seeds)"]
+    assert f"| SA | {ours:.3f} | 0.65 | {ours:.3f} |" in table
+    assert "sigma = 0.01" in table and "64 test examples" in table and "3 steps of batch 32" in table
+    assert (out / "rmse_vs_steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert table.strip() in stdout and f"written to {out}/" in stdout
+
+
+def test_table_has_no_paper_figure_for_other_sigmas(finished):
+    summary = json.loads((finished[0] / "table.json").read_text())
+    assert experiment._paper_value("sa", 0.05) is None and experiment._paper_value("sa-mesh", 1.0) == 0.24
+    summary["rows"][0]["paper"] = None
+    row = next(line for line in format_table(summary).splitlines() if line.startswith("| SA |"))
+    assert row.split("|")[3].strip() == "-"
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--sigma", "0"], "argument --sigma: must be a finite number > 0, got 0"),
+    (["--sigma", "-1"], "argument --sigma: must be a finite number > 0, got -1"),
+    (["--sigma", "nan"], "argument --sigma: must be a finite number > 0"),
+    (["--sigma", "abc"], "argument --sigma: 'abc' is not a number"),
+    (["--n-train", "-5"], "argument --n-train: must be an integer >= 1, got -5"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+    (["--n-test", "0"], "argument --n-test: must be an integer >= 1, got 0"),
+    (["--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+    (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got 0"),
+    (["--eval-every", "-1"], "argument --eval-every: must be an integer >= 0, got -1"),
+    (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
+    (["--variant", "sa-foo"], "argument --variant: invalid choice"),
+    (["--steps", "3", "--epochs", "1"], "not allowed with argument"),
+])
+def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, match):
+    out = tmp_path / "run"
+    code, stdout, stderr = run_main([*args, "--out", out])
+    assert code == 2
+    assert match in stderr and "usage:" in stderr
+    assert not out.exists()
+
+
+def test_inconsistent_sizes_exit_2_and_write_nothing(tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = run_main([*TINY, "--n-train", "16", "--out", out])
+    assert code == 2
+    assert "error: n_train (16) must be at least one batch (32)" in stderr
+    assert not out.exists()
+
+
+def test_command_line_exit_status(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "tasks.random_objects", "--sigma", "0", "--out", tmp_path / "x"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "argument --sigma: must be a finite number > 0" in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_config_from_args_precedence():
+    parse = build_parser().parse_args
+    quick = config_from_args(parse(["--quick", "--steps", "7", "--out", "o"]))
+    assert quick.steps == 7 and quick.n_test == QUICK["n_test"] and quick.eval_every == QUICK["eval_every"]
+    epochs = config_from_args(parse(["--epochs", "2", "--n-train", "100", "--batch-size", "32", "--out", "o"]))
+    assert epochs.steps == 6
+    default = config_from_args(parse(["--sigma", "0.1"]))
+    assert default.out == "runs/random_objects/sigma_0.1" and default.variants == experiment.VARIANTS
+
+
+# ---------------------------------------------------------------------------------------------------
+# Unusable run folders: exit status 2, nothing overwritten
+
+
+def _break(run, breakage):
+    """Damage the copy of a finished run as named; returns the extra CLI arguments of the attempt.
+    Names ending in "_killed" remove results.json first (a run killed while it trained)."""
+    ckpt, results = run / "sa" / "seed0" / CHECKPOINT_NAME, run / "sa" / "seed0" / RESULTS_NAME
+    if breakage.endswith("_killed"):
+        results.unlink()
+    if breakage.startswith("garbage"):
+        ckpt.write_bytes(b"\x00garbage, not a checkpoint")
+    elif breakage.startswith("truncated"):
+        data = ckpt.read_bytes()
+        ckpt.write_bytes(data[:len(data) // 3])
+    elif breakage.startswith("other_task"):
+        state = torch.load(ckpt, weights_only=True)
+        state["task"] = "clevr"
+        torch.save(state, ckpt)
+    elif breakage == "corrupt_results":
+        results.write_text('{"task": "random_ob')
+    elif breakage == "foreign_results":  # results of sigma 0.01 without their checkpoint
+        ckpt.unlink()
+        return ["--sigma", "0.1"]
+    elif breakage.startswith("other_sigma"):
+        return ["--sigma", "0.1"]
+    elif breakage.startswith("other_lr"):
+        return ["--lr", "1e-3"]
+    elif breakage == "fewer_steps":
+        return ["--steps", "2"]
+    return []
+
+
+CANNOT_READ = "cannot be read (truncated or corrupt?)"
+
+
+@pytest.mark.parametrize("breakage,match", [
+    ("garbage_killed", CANNOT_READ),
+    ("garbage", CANNOT_READ),
+    ("truncated_killed", CANNOT_READ),
+    ("other_task_killed", "belongs to task 'clevr', not 'random_objects'"),
+    ("other_task", "belongs to task 'clevr', not 'random_objects'"),
+    ("other_sigma_killed", "different task configuration (differs in: sigma)"),
+    ("other_sigma", "different task configuration (differs in: sigma)"),
+    ("other_lr_killed", "different training configuration (differs in: lr)"),
+    ("other_lr", "different training configuration (differs in: lr)"),
+    ("fewer_steps", "is a finished run of 3 steps, more than the 2 asked for"),
+    ("corrupt_results", "results.json cannot be read"),
+    ("foreign_results", "results.json belongs to another task or configuration"),
+])
+def test_unusable_run_folder_with_resume_exits_2_and_overwrites_nothing(copy_of, breakage, match):
+    extra = _break(copy_of, breakage)
+    before = snapshot(copy_of)
+    code, stdout, stderr = run_main([*TINY, *extra, "--out", copy_of, "--resume"])
+    assert code == 2, stdout + stderr
+    assert stderr.startswith("error: ") and match in stderr
+    assert snapshot(copy_of) == before
+
+
+def test_existing_run_without_resume_exits_2_and_overwrites_nothing(copy_of):
+    before = snapshot(copy_of)
+    code, _, stderr = run_main([*TINY, "--out", copy_of])
+    assert code == 2
+    assert "already holds ckpt.pt, results.json; resume it or choose another run folder" in stderr
+    assert snapshot(copy_of) == before
+
+
+def test_resume_reuses_finished_run(copy_of):
+    before = snapshot(copy_of)
+    code, stdout, stderr = run_main([*TINY, "--out", copy_of, "--resume"])
+    assert code == 0, stderr
+    after = snapshot(copy_of)
+    assert "== SA" not in stdout  # nothing trained
+    for name in ("sa/seed0/ckpt.pt", "sa/seed0/results.json", "sa/seed0/metrics.jsonl"):
+        assert after[name] == before[name]
+    assert after["table.md"][0] == before["table.md"][0]  # the same table, written again
+
+
+def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = []
+    real_loss = experiment._loss
+
+    def loss(model, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(experiment, "_loss", loss)
+    code, _, stderr = run_main([*TINY, "--out", out])
+    assert code == 130
+    assert "interrupted at step 2" in stderr and "rerun with --resume" in stderr
+    run_dir = out / "sa" / "seed0"
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 2
+    assert not (run_dir / RESULTS_NAME).exists()
+    assert not any((out / name).exists() for name in SUMMARY)
+
+    code, _, stderr = run_main([*TINY, "--out", out, "--resume"])
+    assert code == 0, stderr
+    assert len(calls) == 3
+    mine = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    ref = load_checkpoint(finished[0] / "sa" / "seed0" / CHECKPOINT_NAME)
+    assert mine["step"] == ref["step"] == 3
+    for k, v in ref["model"].items():
+        assert torch.equal(mine["model"][k], v), k
+    ours = json.loads((out / "table.json").read_text())["rows"][0]["ours"]
+    assert ours == json.loads((finished[0] / "table.json").read_text())["rows"][0]["ours"]
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "tasks.random_objects", *TINY, "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((out / "sa" / "seed0" / RESULTS_NAME).read_text())
+    assert results["step"] == 3 and results["world_size"] == 2
+    assert load_checkpoint(out / "sa" / "seed0" / CHECKPOINT_NAME)["world_size"] == 2
+    train_steps = [json.loads(line)["step"] for line in (out / "sa" / "seed0" / METRICS_NAME).read_text().splitlines()
+                   if json.loads(line)["split"] == "train"]
+    assert train_steps == [3]  # one record per logging step: only rank 0 writes
+    assert all((out / name).exists() for name in SUMMARY)
+    assert done.stdout.count("| SA |") == 1 and done.stdout.count("== SA, seed 0") == 1  # rank 0 prints
