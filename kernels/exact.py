@@ -174,7 +174,7 @@ def emd(C, a, b, num_threads=None):
     return P if Ct.device.type == "cpu" else P.to(Ct.device)
 
 
-def emd_attention(C, a, b, n_sh_iters=5, tau=1.0, *, num_threads=None):
+def emd_attention(C, a, b, n_sh_iters=5, tau=1.0, *, num_threads=None, backend=None):
     """SA-EMD's attention (Eq. 8): ``A = emd(C) + sinkhorn(C)`` with a Sinkhorn surrogate gradient.
 
     The forward value is exactly ``emd(C, a, b) + sinkhorn(C, a, b, n_sh_iters, tau)[0]``. The EMD
@@ -191,6 +191,7 @@ def emd_attention(C, a, b, n_sh_iters=5, tau=1.0, *, num_threads=None):
         n_sh_iters: Sinkhorn iterations, >= 1.
         tau: Sinkhorn temperature, > 0.
         num_threads: threads for the EMD term (see :func:`emd`).
+        backend: backend of the Sinkhorn term (see ``kernels.sinkhorn``).
 
     Returns:
         A (B, n, m), differentiable in C, a and b as described; its rows sum to about ``2 * a`` and
@@ -203,7 +204,7 @@ def emd_attention(C, a, b, n_sh_iters=5, tau=1.0, *, num_threads=None):
         raise ValueError(f"n_sh_iters must be an integer >= 1, got {n_sh_iters!r}")
     check_ot_inputs(C, a, b)
     check_tau(tau)
-    P_sh, _, _ = sinkhorn(C, a, b, n_sh_iters, tau)  # (B, n, m), differentiable in C, a, b
+    P_sh, _, _ = sinkhorn(C, a, b, n_sh_iters, tau, backend=backend)  # (B, n, m), differentiable in C, a, b
     P_emd = emd(C.detach(), a.detach(), b.detach(), num_threads=num_threads)  # (B, n, m), constant
     # P_sh - P_sh.detach() is exactly zero but carries P_sh's gradient: the EMD term's surrogate.
     return P_emd + P_sh + (P_sh - P_sh.detach())

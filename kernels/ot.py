@@ -9,7 +9,9 @@ starting from ``C + noise_scale * noise``; its output passes gradients straight 
 
 The numerical work is done by a backend with a fixed contract (``sinkhorn_fwd``, ``sinkhorn_bwd``,
 ``mesh_fwd``): ``kernels.triton_ot`` for CUDA tensors when Triton imports, ``kernels.torch_ot``
-otherwise (``backend="torch"`` / ``"triton"`` forces one). The backends never build an autograd graph;
+otherwise (``backend="torch"`` / ``"triton"`` forces one; ``backend="compile"`` is ``kernels.compiled_ot``,
+the PyTorch path under ``torch.compile``, opt-in because its first call per shape compiles). The
+backends never build an autograd graph;
 this module wraps them in ``torch.autograd.Function``.
 
 Known limits: the returned potentials ``u``, ``v`` carry no gradient (they are for warm starts); a
@@ -31,7 +33,7 @@ from .reference import mesh_ref
 
 __all__ = ["sinkhorn", "mesh"]
 
-_BACKENDS = (None, "torch", "triton")
+_BACKENDS = (None, "torch", "compile", "triton")
 
 
 def _triton_backend():
@@ -40,7 +42,7 @@ def _triton_backend():
 
 def _check_backend(backend) -> None:
     if backend not in _BACKENDS:
-        raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
+        raise ValueError(f"backend must be None, 'torch', 'compile' or 'triton', got {backend!r}")
 
 
 def _pick_backend(C: torch.Tensor, backend):
@@ -50,6 +52,8 @@ def _pick_backend(C: torch.Tensor, backend):
         return torch_ot
     if backend == "triton":
         return _triton_backend()
+    if backend == "compile":
+        return importlib.import_module("kernels.compiled_ot")
     if C.is_cuda and importlib.util.find_spec("triton") is not None:
         try:
             return _triton_backend()
@@ -155,7 +159,8 @@ def sinkhorn(C, a, b, n_iters=5, tau=1.0, u=None, v=None, *, backend=None):
             recomputes it from ``v``.
         v: (B, m) or None; warm-start column potentials (zeros if None). May be -inf at columns that
             should start with no mass; differentiable.
-        backend: None (Triton on CUDA when available, else PyTorch), "torch" or "triton".
+        backend: None (Triton on CUDA when available, else PyTorch), "torch", "compile" (the PyTorch
+            path under torch.compile: faster at small shapes, compiles on first use) or "triton".
 
     Returns:
         P (B, n, m) the plan, differentiable in C, a, b and v; u (B, n), v (B, m) the final
@@ -195,7 +200,8 @@ def mesh(C, a, b, n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise=None, noise_scale=
         straight_through: if True, C2 passes gradients to C unchanged (no gradient to a, b, noise);
             if False, autograd differentiates through every step (slow, second order; when nothing
             needs a gradient the values are computed by the fast path, they are the same).
-        backend: None, "torch" or "triton" (as in ``sinkhorn``); ignored when straight_through=False.
+        backend: None, "torch", "compile" or "triton" (as in ``sinkhorn``); ignored when
+            straight_through=False.
 
     Returns:
         C2 (B, n, m) the moved costs; u (B, n), v (B, m) the potentials of the last step's Sinkhorn,

@@ -81,6 +81,9 @@ class OTConfig:
         learned_marginals: learned marginals of App. A; False gives uniform ones of equal mass.
         normalize_plan: divide each column of the plan by its sum before the weighted mean of values
             (True, as SA does) or use the raw plan (False, as the official code does).
+        backend: OT backend (``kernels.sinkhorn``'s ``backend``): None picks Triton on CUDA and the
+            eager PyTorch path on CPU; "compile" runs the PyTorch path under torch.compile (faster for
+            small CPU problems after a first call that compiles).
     """
 
     n_sh_iters: int = 5
@@ -92,6 +95,7 @@ class OTConfig:
     straight_through: bool = True
     learned_marginals: bool = True
     normalize_plan: bool = True
+    backend: str | None = None
 
     def __post_init__(self):
         _check_positive_int("OTConfig.n_sh_iters", self.n_sh_iters)
@@ -102,6 +106,8 @@ class OTConfig:
         for name in ("reuse_uv", "straight_through", "learned_marginals", "normalize_plan"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"OTConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.backend not in (None, "torch", "compile", "triton"):
+            raise ValueError(f"OTConfig.backend must be None, 'torch', 'compile' or 'triton', got {self.backend!r}")
 
 
 @dataclass
@@ -195,19 +201,19 @@ def _plan_sa(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
 
 
 def _plan_sinkhorn(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
-    P, _, _ = sinkhorn(C, a, b, n_iters=ot.n_sh_iters, tau=ot.tau)
+    P, _, _ = sinkhorn(C, a, b, n_iters=ot.n_sh_iters, tau=ot.tau, backend=ot.backend)
     return P
 
 
 def _plan_emd(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
-    return emd_attention(C, a, b, n_sh_iters=ot.n_sh_iters, tau=ot.tau)
+    return emd_attention(C, a, b, n_sh_iters=ot.n_sh_iters, tau=ot.tau, backend=ot.backend)
 
 
 def _plan_mesh(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
     C2, u, v = mesh(C, a, b, n_mesh_iters=ot.mesh_iters, n_sh_iters=ot.n_sh_iters, lr=ot.mesh_lr, noise=noise,
                     noise_scale=ot.noise_scale, reuse_uv=ot.reuse_uv, tau=ot.tau,
-                    straight_through=ot.straight_through)
-    P, _, _ = sinkhorn(C2, a, b, n_iters=ot.n_sh_iters, tau=ot.tau, u=u, v=v)
+                    straight_through=ot.straight_through, backend=ot.backend)
+    P, _, _ = sinkhorn(C2, a, b, n_iters=ot.n_sh_iters, tau=ot.tau, u=u, v=v, backend=ot.backend)
     return P
 
 

@@ -11,7 +11,7 @@ import sys
 
 from slots.train import TrainingInterrupted, is_main_process
 
-from .experiment import VARIANTS, ExperimentConfig, format_table, run_experiment
+from .experiment import BACKENDS, VARIANTS, ExperimentConfig, format_table, run_experiment
 
 # --quick: about two minutes for all four variants on two CPU cores, enough to show the ordering.
 QUICK = {"steps": 1_500, "n_test": 1_280, "eval_every": 250, "ckpt_every": 500}
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/random_objects/sigma_<sigma>)")
     p.add_argument("--resume", action="store_true",
                    help="continue runs from their checkpoints and reuse finished runs")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="OT kernels: auto = torch.compile'd PyTorch path on CPU, Triton on CUDA")
     p.add_argument("--threads", type=_int_at_least(1), help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -78,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
             kw[name] = getattr(args, name)
     return ExperimentConfig(sigma=args.sigma, out=args.out, variants=tuple(args.variants or VARIANTS),
                             seeds=args.seeds, n_train=args.n_train, batch_size=args.batch_size, lr=args.lr,
+                            backend=args.backend,
                             resume=args.resume, num_threads=args.threads, progress=not args.no_progress, **kw)
 
 

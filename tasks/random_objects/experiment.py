@@ -43,6 +43,7 @@ PAPER_TABLE1 = {
     "sa-mesh": {1.0: 0.24, 0.1: 0.27, 0.01: 0.31},
 }
 TEST_SEED = 0
+BACKENDS = ("auto", "torch", "compile", "triton")
 
 
 def _paper_value(variant: str, sigma: float) -> float | None:
@@ -69,6 +70,9 @@ class ExperimentConfig:
         eval_every, ckpt_every: steps between test evaluations / checkpoints.
         eval_batch: examples per forward pass during evaluation.
         head, n_iters, mesh_lr, mesh_iters: model options (see ``model.ModelConfig``, ``slots.OTConfig``).
+        backend: OT backend (``slots.OTConfig.backend``); "auto" is "compile" (the PyTorch path under
+            torch.compile, about 1.5x faster per SA-MESH step at this size on CPU) without CUDA, and the
+            default dispatch (Triton) with it.
         resume: continue runs from their checkpoints and reuse finished runs.
         num_threads: torch threads (None: torch's default).
         progress: progress bars.
@@ -96,6 +100,7 @@ class ExperimentConfig:
     n_iters: int = 3
     mesh_lr: float = 8.0
     mesh_iters: int = 4
+    backend: str = "auto"
     resume: bool = False
     num_threads: int | None = None
     progress: bool = True
@@ -117,6 +122,8 @@ class ExperimentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.n_train < self.batch_size:
             raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
         if self.out is None:
@@ -131,7 +138,14 @@ class ExperimentConfig:
     def model(self, variant: str) -> ModelConfig:
         """The model configuration of one variant."""
         return ModelConfig(variant=variant, n_slots=self.n_objects, dim=self.dim, n_iters=self.n_iters,
-                           head=self.head, ot=OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters))
+                           head=self.head, ot=OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters,
+                                                       backend=self.ot_backend()))
+
+    def ot_backend(self) -> str | None:
+        """The resolved ``slots.OTConfig.backend`` ("auto": "compile" on CPU, default dispatch on CUDA)."""
+        if self.backend == "auto":
+            return None if torch.cuda.is_available() else "compile"
+        return self.backend
 
     def run_dir(self, variant: str, seed: int) -> Path:
         """The run folder of one (variant, seed)."""
