@@ -2,11 +2,15 @@
 
 - Plain `pytest` runs the tests; `pytest --benchmark-only` runs the benchmarks (they are skipped
   otherwise, so the test suite stays fast).
+- Benchmarks record (group, role, median) through the ``bench_record`` fixture; the run ends with a
+  table of each group's medians and their speed-up over the group's baseline (role "naive", the
+  paper-literal implementation, or "baseline"): ratio > 1 means faster than the baseline.
 - Without a GPU, Triton kernels run in the interpreter on CPU tensors. The variable must be set before
   any module that defines a `@triton.jit` function is imported.
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -16,3 +20,37 @@ if not torch.cuda.is_available():
 def pytest_configure(config):
     if not config.getoption("benchmark_only", default=False):
         config.option.benchmark_skip = True
+
+
+_RESULTS = {}  # group -> {role: (median seconds, note)}
+
+
+@pytest.fixture
+def bench_record(benchmark):
+    """Call ``bench_record(role, note="")`` after ``benchmark(...)`` has run; the group is
+    ``benchmark.group``, which the test sets before running."""
+
+    def record(role, note=""):
+        stats = getattr(benchmark, "stats", None)
+        if stats is None:  # benchmarks disabled or skipped
+            return
+        _RESULTS.setdefault(benchmark.group, {})[role] = (stats.stats.median, note)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("Benchmarks: median time and speed-up over each group's baseline (role 'naive' or 'baseline')")
+    tr.write_line(f"CPU benchmarks ran with {os.environ.get('OT_BENCH_THREADS', '1')} torch thread(s) "
+                  "(OT_BENCH_THREADS)")
+    tr.write_line(f"{'group':<38} {'role':<16} {'median':>11} {'vs base':>9}  note")
+    for group in sorted(_RESULTS):
+        roles = _RESULTS[group]
+        base = roles.get("naive", roles.get("baseline", (None, "")))[0]
+        for role in sorted(roles, key=lambda r: (r != "ours", r not in ("naive", "baseline"), r)):
+            t, note = roles[role]
+            ratio = f"{base / t:8.2f}x" if base else f"{'':>9}"
+            tr.write_line(f"{group:<38} {role:<16} {t * 1e3:9.2f}ms {ratio}  {note}")

@@ -10,7 +10,9 @@ each against the naive baseline of kernels/reference.py ("naive": autograd throu
 log-domain Sinkhorn, and for MESH ``torch.autograd.grad`` of the entropy at every step, as written from
 Eq. 11-12) and, for Sinkhorn, POT's log-domain Sinkhorn on the same torch tensors, one problem at a time
 ("pot": POT has no batched log-domain solver with a separate cost matrix per problem).
-The table printed at the end gives the ratios to the baseline (conftest.py).
+The role "compiled" is our PyTorch path under torch.compile (``backend="compile"``, kernels/compiled_ot.py);
+its compile happens in the warm-up round and is not timed. The table printed at the end gives the ratios
+to the baseline (conftest.py).
 
 CPU runs use OT_BENCH_THREADS torch threads (default 1): on a small machine shared with other jobs,
 two threads that wait on each other make timings swing by 10x, and one thread gives stable ratios.
@@ -127,10 +129,12 @@ def _sinkhorn_ref(C, a, b, n_iters, u=None, v=None):
 # CPU
 # ------------------------------------------------------------------------------------------------
 
-SINKHORN_ROLES = {"ours": sinkhorn, "naive": _sinkhorn_ref}
+SINKHORN_ROLES = {"ours": sinkhorn, "naive": _sinkhorn_ref,
+                  "compiled": functools.partial(sinkhorn, backend="compile")}
+MESH_ROLES = {"ours": mesh, "naive": mesh_ref, "compiled": functools.partial(mesh, backend="compile")}
 
 
-@pytest.mark.parametrize("role", ["ours", "naive", "pot"])
+@pytest.mark.parametrize("role", ["ours", "naive", "compiled", "pot"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_bench_sinkhorn_fwd(benchmark, bench_record, shape, role):
     benchmark.group = f"sinkhorn fwd {_id(shape)}"
@@ -138,12 +142,12 @@ def test_bench_sinkhorn_fwd(benchmark, bench_record, shape, role):
     if role == "pot":
         P = _run(benchmark, lambda: _pot_fwd(C, a, b), shape, slow=True)
     else:
-        P = _run(benchmark, lambda: _sinkhorn_fwd(SINKHORN_ROLES[role], C, a, b), shape, slow=role != "ours")
+        P = _run(benchmark, lambda: _sinkhorn_fwd(SINKHORN_ROLES[role], C, a, b), shape, slow=role == "naive")
     bench_record(role, "POT: column step first" if role == "pot" else "")
     assert torch.isfinite(P).all()
 
 
-@pytest.mark.parametrize("role", ["ours", "naive", "pot"])
+@pytest.mark.parametrize("role", ["ours", "naive", "compiled", "pot"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_bench_sinkhorn_fwd_bwd(benchmark, bench_record, shape, role):
     benchmark.group = f"sinkhorn fwd+bwd {_id(shape)}"
@@ -152,29 +156,28 @@ def test_bench_sinkhorn_fwd_bwd(benchmark, bench_record, shape, role):
         g = _run(benchmark, lambda: _pot_fwd_bwd(C, a, b, gP), shape, slow=True)
     else:
         g = _run(benchmark, lambda: _sinkhorn_fwd_bwd(SINKHORN_ROLES[role], C, a, b, gP), shape,
-                 slow=role != "ours")
+                 slow=role == "naive")
     bench_record(role)
     assert torch.isfinite(g).all()
 
 
-@pytest.mark.parametrize("role", ["ours", "naive"])
+@pytest.mark.parametrize("role", ["ours", "naive", "compiled"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_bench_mesh_fwd(benchmark, bench_record, shape, role):
     benchmark.group = f"mesh fwd {_id(shape)}"
     C, a, b, noise, _ = _problem(shape)
-    impl = mesh if role == "ours" else mesh_ref
-    C2 = _run(benchmark, lambda: _mesh_fwd(impl, C, a, b, noise), shape, slow=role != "ours")
+    C2 = _run(benchmark, lambda: _mesh_fwd(MESH_ROLES[role], C, a, b, noise), shape, slow=role == "naive")
     bench_record(role, f"{N_MESH} steps x {N_ITERS} iterations")
     assert torch.isfinite(C2).all()
 
 
-@pytest.mark.parametrize("role", ["ours", "naive"])
+@pytest.mark.parametrize("role", ["ours", "naive", "compiled"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_bench_sa_mesh_fwd_bwd(benchmark, bench_record, shape, role):
     benchmark.group = f"mesh+sinkhorn fwd+bwd {_id(shape)}"
     C, a, b, noise, gP = _problem(shape)
-    impls = (mesh, sinkhorn) if role == "ours" else (mesh_ref, _sinkhorn_ref)
-    g = _run(benchmark, lambda: _sa_mesh_fwd_bwd(*impls, C, a, b, noise, gP), shape, slow=role != "ours")
+    impls = (MESH_ROLES[role], SINKHORN_ROLES[role])
+    g = _run(benchmark, lambda: _sa_mesh_fwd_bwd(*impls, C, a, b, noise, gP), shape, slow=role == "naive")
     bench_record(role, "SA-MESH attention")
     assert torch.isfinite(g).all()
 
