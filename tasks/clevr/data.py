@@ -14,7 +14,8 @@ size uniform; position uniform in [-3, 3]^2 with the minimum-distance and margin
 camera and lights jittered) and rendered by ``tasks.scenes.render`` straight at 128x128 (the squeezed full
 frame), with exact per-object index masks (0 = background, k = ``objects[k - 1]``). CLEVR's visibility rule
 (200 visible pixels per object at 480x320) is applied to the rendered masks, scaled to 21 pixels at
-128x128; failing scenes are redrawn. The ``pixel_coords`` are in the 480x320 frame, as in the real files.
+128x128; the objects of failing scenes are redrawn, keeping the scene's object count (as CLEVR does), so
+the counts stay uniform in 3-10. The ``pixel_coords`` are in the 480x320 frame, as in the real files.
 Output is deterministic in the seed: scenes come in blocks of 32, each drawn from the random stream
 (seed, split, block), so the result does not depend on ``workers``.
 
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..scenes import render as _renderer
 from ..scenes.cache import cached
 from ..scenes.records import DataFormatError, SceneData, require_dir, require_file
 from ..scenes.render import (CLEVR_MIN_PIXELS, COLOR_NAMES, COLORS, MATERIALS, SHAPES, SIZES, Camera,
@@ -46,7 +48,7 @@ __all__ = [
     "decode_scenes",
 ]
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 IMAGE_SIZE = 128
 MAX_OBJECTS = 10
 COORD_SCALE = 3.0
@@ -129,15 +131,17 @@ def _clevr_block(seed: int, stream: int, block: int, count: int, split: str, ima
     """Render one block (the first ``count`` of its BLOCK scenes): images, masks, scene dicts.
 
     CLEVR's visibility rule (every object at least 200 of 480x320 pixels, scaled to the output size) is
-    checked on the rendered masks themselves; failing scenes are drawn and rendered again."""
+    checked on the rendered masks themselves; the objects of failing scenes are drawn and rendered again,
+    keeping each scene's object count and camera / light jitter (as CLEVR's ``add_random_objects`` does;
+    redrawing the count too would bias the counts towards small scenes)."""
     rng = np.random.default_rng([seed, stream, block])
     cam = Camera()
     k = MAX_OBJECTS
     need_px = max(1, int(round(CLEVR_MIN_PIXELS * image_size * image_size / (NATIVE_SIZE[0] * NATIVE_SIZE[1]))))
     rgb_table = np.asarray([COLORS[c] for c in COLOR_NAMES], np.float32) / 255.0  # linear albedo
 
-    def draw(n):
-        geom = sample_geometry(rng, n, cam, tuple(SIZES.values()), 3, k, check=False)
+    def draw(n, num_objects=None):
+        geom = sample_geometry(rng, n, cam, tuple(SIZES.values()), 3, k, check=False, num_objects=num_objects)
         geom["color"] = rng.integers(0, len(COLORS), size=(n, k))
         geom["material"] = rng.integers(0, len(MATERIALS), size=(n, k))
         return geom
@@ -156,9 +160,10 @@ def _clevr_block(seed: int, stream: int, block: int, count: int, split: str, ima
         todo = todo[~good]
         if todo.size == 0:
             break
-        fresh = draw(todo.size)
+        fresh = draw(todo.size, geom["num_objects"][todo])
         for key in geom:
-            geom[key][todo] = fresh[key]
+            if key not in ("num_objects", "camera", "lights"):
+                geom[key][todo] = fresh[key]
     else:
         raise RuntimeError("CLEVR generator: scenes kept failing the visibility rule")
     geom = {key: v[:count] for key, v in geom.items()}
@@ -366,7 +371,7 @@ def load_clevr(split: str = "train", num_images: int | None = None, seed: int = 
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         n = SPLITS[split][1] if num_images is None else int(num_images)
         params = {"split": split, "num_images": n, "seed": seed, "image_size": IMAGE_SIZE}
-        arrays = cached(f"clevr-{split}", params, GENERATOR_VERSION,
+        arrays = cached(f"clevr-{split}", params, f"{GENERATOR_VERSION}+render{_renderer.RENDER_VERSION}",
                         lambda: generate_clevr(n, seed, split, workers=workers, progress=progress), cache_dir)
         meta = {"source": "clevr-generated", "split": split, "seed": seed, "version": GENERATOR_VERSION,
                 "has_masks": True}

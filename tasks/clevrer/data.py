@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..scenes import render as _renderer
 from ..scenes.cache import cached
 from ..scenes.records import SceneData
 from .generate import GENERATOR_VERSION, IMAGE_SIZE, SPLITS, generate_clevrer
@@ -51,7 +52,7 @@ def load_clevrer(variant: str = "S", split: str = "train", data_dir: str | Path 
         raise ValueError(f"options {sorted(real_kwargs)} apply to real data only (pass data_dir)")
     n = SPLITS[split][1] if num_videos is None else int(num_videos)
     params = {"variant": variant, "split": split, "num_videos": n, "seed": seed, "image_size": IMAGE_SIZE}
-    arrays = cached(f"clevrer-{variant}-{split}", params, GENERATOR_VERSION,
+    arrays = cached(f"clevrer-{variant}-{split}", params, f"{GENERATOR_VERSION}+render{_renderer.RENDER_VERSION}",
                     lambda: generate_clevrer(n, variant, seed, split, workers=workers, progress=progress), cache_dir)
     return SceneData(arrays["images"], arrays["masks"], ids=[f"generated_{i:05d}" for i in range(n)],
                      meta={"source": "clevrer-generated", "variant": variant, "split": split, "seed": seed,

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..clevr.data import encode_scenes
+from ..scenes import render as _renderer
 from ..scenes.cache import cached
 from ..scenes.records import DataFormatError, MissingDataError, SceneData, require_dir, require_file
 from ..scenes.render import (SHAPES, TEXTURES, Camera, geometry_batch, project, render, run_blocks,
@@ -41,7 +42,7 @@ __all__ = [
     "NATIVE_SIZE", "generate_clevrtex", "read_clevrtex", "load_clevrtex", "crop_and_resize",
 ]
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 IMAGE_SIZE = 64
 MAX_OBJECTS = 10
 NATIVE_SIZE = (320, 240)
@@ -303,7 +304,7 @@ def load_clevrtex(split: str = "train", num_images: int | None = None, seed: int
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         n = SPLITS[split][1] if num_images is None else int(num_images)
         params = {"split": split, "num_images": n, "seed": seed, "image_size": IMAGE_SIZE}
-        arrays = cached(f"clevrtex-{split}", params, GENERATOR_VERSION,
+        arrays = cached(f"clevrtex-{split}", params, f"{GENERATOR_VERSION}+render{_renderer.RENDER_VERSION}",
                         lambda: generate_clevrtex(n, seed, split, workers=workers, progress=progress), cache_dir)
         return SceneData(arrays["images"], arrays["masks"],
                          meta={"source": "clevrtex-generated", "split": split, "seed": seed,

@@ -45,11 +45,16 @@ import numpy as np
 import torch
 
 __all__ = [
-    "SHAPES", "COLORS", "COLOR_NAMES", "MATERIALS", "SIZES", "CLEVR_MIN_DIST", "CLEVR_MARGIN",
+    "RENDER_VERSION", "SHAPES", "COLORS", "COLOR_NAMES", "MATERIALS", "SIZES", "CLEVR_MIN_DIST", "CLEVR_MARGIN",
     "CLEVR_MIN_PIXELS", "Camera", "Lights", "SceneBatch", "TEXTURES", "render", "index_map", "project",
     "directions", "sample_layout", "visible_pixels", "run_blocks",
     "sample_geometry", "geometry_batch",
 ]
+
+# Version of everything here that shapes the generators' output (geometry, shading, placement rules,
+# sample_geometry's random stream). The generated-data caches are keyed by it as well as by each
+# generator's GENERATOR_VERSION, so bump it whenever a change here alters rendered bytes or drawn scenes.
+RENDER_VERSION = "1"
 
 # ---- CLEVR's object properties (data/properties.json of clevr-dataset-gen, in its order) ----------------
 SHAPES = ("cube", "sphere", "cylinder")
@@ -836,10 +841,16 @@ def sample_geometry(rng: np.random.Generator, num_scenes: int, camera: Camera, s
                     min_objects: int, max_objects: int, min_pixels: int = CLEVR_MIN_PIXELS,
                     check_size: tuple[int, int] | None = None, lights: Lights | None = None,
                     extent: float = 3.0, max_rounds: int = 200, slots: int | None = None,
-                    check: bool = True) -> dict[str, np.ndarray]:
+                    check: bool = True, num_objects: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Draw CLEVR-style scene geometry: object count, shapes, sizes, positions (CLEVR's placement rules),
-    rotations, and camera / light jitter; redraw every scene in which some object has fewer than
-    ``min_pixels`` visible pixels in the full native frame (CLEVR's visibility rule).
+    rotations, and camera / light jitter; redraw the objects of every scene in which some object has fewer
+    than ``min_pixels`` visible pixels in the full native frame (CLEVR's visibility rule).
+
+    As in CLEVR's ``render_images.py`` (which calls ``add_random_objects`` again with the same
+    ``num_objects`` and the same camera), a redrawn scene keeps its object count and its camera / light
+    jitter; only shapes, sizes, positions and rotations are drawn again. (Redrawing the count as well would
+    bias the counts towards small scenes, which fail the rules more often.) ``num_objects`` (B,) fixes the
+    counts instead of drawing them uniformly in [min_objects, max_objects].
 
     The visibility check renders index maps of the full frame at ``check_size`` (H, W) (default: the
     native size divided by 4) and scales ``min_pixels`` (given for the native frame) by the pixel ratio.
@@ -866,19 +877,27 @@ def sample_geometry(rng: np.random.Generator, num_scenes: int, camera: Camera, s
            "rotation": np.zeros((b, k)), "camera": np.zeros((b, 3)), "lights": np.zeros((b, 3, 3))}
     todo = np.arange(b)
     sizes = np.asarray(size_values, dtype=np.float64)
+    if num_objects is None:
+        num_all = rng.integers(min_objects, max_objects + 1, size=b)
+    else:
+        num_all = np.asarray(num_objects, dtype=np.int64)
+        if num_all.shape != (b,) or (num_all < min_objects).any() or (num_all > max_objects).any():
+            raise ValueError(f"sample_geometry: num_objects must be ({b},) with values in "
+                             f"[{min_objects}, {max_objects}]")
+    cam_all = np.asarray(camera.location) + rng.uniform(-camera.jitter, camera.jitter, size=(b, 3))
+    lig_all = np.asarray(lights.positions) + rng.uniform(-lights.jitter, lights.jitter, size=(b, 3, 3))
     for _ in range(max_rounds):
         if todo.size == 0:
             return out
         n = todo.size
-        num = rng.integers(min_objects, max_objects + 1, size=n)
+        num = num_all[todo]
         present = np.arange(k)[None] < num[:, None]
         shape = np.where(present, rng.integers(0, len(SHAPES), size=(n, k)), -1)
         size = np.where(present, rng.integers(0, len(sizes), size=(n, k)), -1)
         r = np.where(present, sizes[size.clip(0)], 1.0)
         r = np.where(shape == SHAPES.index("cube"), r / math.sqrt(2), r)
         rot = np.where(present, 360.0 * rng.random((n, k)), 0.0)
-        cam = np.asarray(camera.location) + rng.uniform(-camera.jitter, camera.jitter, size=(n, 3))
-        lig = np.asarray(lights.positions) + rng.uniform(-lights.jitter, lights.jitter, size=(n, 3, 3))
+        cam, lig = cam_all[todo], lig_all[todo]
         xy, ok = sample_layout(rng, num, np.where(present, r, 0.0), camera, extent=extent)
         part = {"num_objects": num, "shape": shape, "size": size, "r": r, "xy": xy, "rotation": rot,
                 "camera": cam, "lights": lig}
