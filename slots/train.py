@@ -495,6 +495,16 @@ class _StopFlag:
 # The loop
 
 
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel for all parameters: ~4x faster than the per-tensor loop on CPU for
+    slot attention's ~30 small tensors) where this torch build supports it for the parameters."""
+    kw = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    try:
+        return torch.optim.AdamW(model.parameters(), fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(model.parameters(), **kw)
+
+
 def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
           eval_fn: Callable[[nn.Module], dict] | None = None, *, task: str, task_config: dict) -> dict:
     """Train ``model`` for ``cfg.steps`` optimizer steps (see the module docstring).
@@ -554,7 +564,7 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
     ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
     main = rank == 0
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = _make_optimizer(model, cfg)
 
     step, elapsed = 0, 0.0
     if ckpt is not None:
