@@ -506,7 +506,8 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
-          eval_fn: Callable[[nn.Module], dict] | None = None, *, task: str, task_config: dict) -> dict:
+          eval_fn: Callable[[nn.Module], dict] | None = None, *, task: str, task_config: dict,
+          label: str = "") -> dict:
     """Train ``model`` for ``cfg.steps`` optimizer steps (see the module docstring).
 
     Args:
@@ -517,6 +518,8 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
         loss_fn: ``loss_fn(model, batch) -> () tensor``, a mean over the batch.
         eval_fn: optional ``eval_fn(model) -> {name: float}`` on held-out data.
         task: the task's name, stored in checkpoints (a checkpoint of another task is refused).
+        label: prefix of the printed evaluation lines (e.g. the run's name when several runs share a
+            terminal).
         task_config: JSON-serializable dict that fixes the task (data, model); stored in checkpoints and
             results, and compared on resume.
 
@@ -692,7 +695,7 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
                 last_eval = evaluate()
                 log({"step": step, "split": "eval", **last_eval})
                 if last_eval and main:
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+                    bar.write(f"{label}step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps or stop_now:
                 save(step)
             if stop_now:

@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue runs from their checkpoints and reuse finished runs")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="OT kernels: auto = torch.compile'd PyTorch path on CPU, Triton on CUDA")
-    p.add_argument("--threads", type=_int_at_least(1), help="torch threads (default: torch's choice)")
+    p.add_argument("--jobs", type=_int_at_least(0), default=0,
+                   help="runs trained at the same time in separate processes; 0: one per core on CPU "
+                        "(at most the number of runs), one on CUDA or under torchrun")
+    p.add_argument("--threads", type=_int_at_least(1),
+                   help="torch threads per run (default: torch's choice; with several jobs, cores / jobs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -80,7 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
             kw[name] = getattr(args, name)
     return ExperimentConfig(sigma=args.sigma, out=args.out, variants=tuple(args.variants or VARIANTS),
                             seeds=args.seeds, n_train=args.n_train, batch_size=args.batch_size, lr=args.lr,
-                            backend=args.backend,
+                            backend=args.backend, jobs=args.jobs,
                             resume=args.resume, num_threads=args.threads, progress=not args.no_progress, **kw)
 
 

@@ -17,7 +17,10 @@ variant; the paper's budget is 20 epochs of 1,000 steps for each of the four var
 """
 import json
 import math
+import multiprocessing as mp
+import os
 import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +28,7 @@ import torch
 
 from slots import OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
 from slots.train import (RESULTS_NAME, METRICS_NAME, CheckpointError, TrainConfig, check_resumable,
-                         is_main_process, seed_everything, train)
+                         dist_info, is_main_process, seed_everything, train)
 
 from .data import make_split
 from .model import ModelConfig, RandomObjectsModel
@@ -74,8 +77,12 @@ class ExperimentConfig:
             torch.compile, about 1.5x faster per SA-MESH step at this size on CPU) without CUDA, and the
             default dispatch (Triton) with it.
         resume: continue runs from their checkpoints and reuse finished runs.
-        num_threads: torch threads (None: torch's default).
-        progress: progress bars.
+        num_threads: torch threads per run (None: torch's default; with jobs > 1, cores / jobs).
+        progress: progress bars (off for runs in worker processes).
+        jobs: runs trained at the same time, each in its own process; 0 is "auto": on CPU, as many as
+            there are cores (at most the number of runs to train), on CUDA or under torchrun one.
+            Every run is seeded and built the same way in a worker as in this process, so the results
+            do not depend on ``jobs`` (given the same number of threads per run).
     """
 
     sigma: float = 0.01
@@ -104,6 +111,7 @@ class ExperimentConfig:
     resume: bool = False
     num_threads: int | None = None
     progress: bool = True
+    jobs: int = 1
 
     def __post_init__(self):
         if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not math.isfinite(self.sigma) \
@@ -118,7 +126,8 @@ class ExperimentConfig:
                 raise ValueError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
         for name, minimum in (("seeds", 1), ("n_train", 1), ("n_test", 1), ("n_objects", 1), ("n_background", 0),
                               ("dim", 1), ("batch_size", 1), ("steps", 1), ("eval_every", 0), ("ckpt_every", 0),
-                              ("eval_batch", 1), ("n_iters", 1), ("mesh_iters", 0)):
+                              ("eval_batch", 1), ("n_iters", 1), ("mesh_iters", 0),
+                              ("jobs", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -157,13 +166,17 @@ class ExperimentConfig:
                 "n_test": self.n_test, "n_objects": self.n_objects, "n_background": self.n_background,
                 "dim": self.dim, "test_seed": TEST_SEED, "model": self.model(variant).to_dict()}
 
-    def train_config(self, variant: str, seed: int) -> TrainConfig:
-        """The training-loop configuration of one (variant, seed)."""
+    def train_config(self, variant: str, seed: int, num_threads: int | None = None,
+                     progress: bool | None = None) -> TrainConfig:
+        """The training-loop configuration of one (variant, seed); ``num_threads`` and ``progress``
+        override the config's (they do not affect results or resumption)."""
+        num_threads = self.num_threads if num_threads is None else num_threads
+        progress = self.progress if progress is None else progress
         return TrainConfig(out_dir=str(self.run_dir(variant, seed)), steps=self.steps, batch_size=self.batch_size,
                            lr=self.lr, warmup_steps=self.warmup_steps, decay_rate=0.5,
                            decay_steps=self.decay_steps, grad_clip=self.grad_clip, seed=seed,
                            log_every=min(50, self.steps), eval_every=self.eval_every, ckpt_every=self.ckpt_every,
-                           resume=self.resume, num_threads=self.num_threads, progress=self.progress)
+                           resume=self.resume, num_threads=num_threads, progress=progress)
 
 
 def _finished(cfg: ExperimentConfig, variant: str, seed: int) -> dict | None:
@@ -214,6 +227,64 @@ def _curves(run_dir: Path) -> dict:
             "train_step": [r["step"] for r in trains], "train_loss": [r["loss"] for r in trains]}
 
 
+def _test_split(cfg: ExperimentConfig):
+    return make_split("test", cfg.n_test, cfg.sigma, TEST_SEED, cfg.n_objects, cfg.n_background, cfg.dim)
+
+
+def _train_split(cfg: ExperimentConfig, seed: int):
+    return make_split("train", cfg.n_train, cfg.sigma, seed, cfg.n_objects, cfg.n_background, cfg.dim)
+
+
+def _train_one(cfg: ExperimentConfig, variant: str, seed: int, train_set, evaluate, train_cfg: TrainConfig,
+               label: str = "") -> dict:
+    """Seed, build and train one (variant, seed); the same in this process and in a worker."""
+    seed_everything(seed)
+    model = RandomObjectsModel(cfg.model(variant))
+    return train(train_cfg, model, train_set, _loss, evaluate, task=TASK, task_config=cfg.task_config(variant, seed),
+                 label=label)
+
+
+def _worker(cfg: ExperimentConfig, variant: str, seed: int, num_threads: int) -> dict:
+    """One run in a worker process (module level, so that spawned processes can import it)."""
+    evaluate = _make_eval(_test_split(cfg), cfg.sigma, cfg.eval_batch)
+    label = f"[{VARIANT_NAMES[variant]} seed {seed}] "
+    return _train_one(cfg, variant, seed, _train_split(cfg, seed), evaluate,
+                      cfg.train_config(variant, seed, num_threads=num_threads, progress=False), label)
+
+
+# The slowest variants first, so that parallel workers finish together.
+_COST_ORDER = ("sa-mesh", "sa-emd", "sa-sh", "sa")
+
+
+def _resolve_jobs(cfg: ExperimentConfig, n_pending: int) -> int:
+    if cfg.jobs != 0:
+        return min(cfg.jobs, max(1, n_pending))
+    if torch.cuda.is_available() or dist_info()[1] > 1:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, n_pending))
+
+
+def _train_parallel(cfg: ExperimentConfig, pending: list, jobs: int) -> dict:
+    """Train the pending (variant, seed) runs in ``jobs`` spawned processes; returns their results."""
+    if dist_info()[1] > 1:
+        raise ValueError("jobs > 1 cannot be combined with torchrun; use one or the other")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = cfg.num_threads or max(1, cores // jobs)
+    order = sorted(pending, key=lambda run: (_COST_ORDER.index(run[0]), run[1]))
+    print(f"== {len(order)} runs in {jobs} processes, {threads} torch thread(s) each: "
+          + ", ".join(f"{VARIANT_NAMES[v]} seed {s}" for v, s in order), flush=True)
+    results = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_worker, cfg, v, s, threads): (v, s) for v, s in order}
+        for future in as_completed(futures):
+            v, s = futures[future]
+            results[v, s] = future.result()
+            print(f"== {VARIANT_NAMES[v]}, seed {s} done: rmse_norm {results[v, s]['eval']['rmse_norm']:.4g}",
+                  flush=True)
+    return results
+
+
 def run_experiment(cfg: ExperimentConfig) -> dict:
     """Train every (variant, seed) of ``cfg`` and summarize them (see the module docstring).
 
@@ -233,22 +304,21 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         check_resumable(cfg.train_config(v, s), TASK, cfg.task_config(v, s))
         reuse[v, s] = _finished(cfg, v, s)
 
-    test = make_split("test", cfg.n_test, cfg.sigma, TEST_SEED, cfg.n_objects, cfg.n_background, cfg.dim)
-    evaluate = _make_eval(test, cfg.sigma, cfg.eval_batch)
+    test = _test_split(cfg)
     zeros = float(normalized_hungarian_rmse(torch.zeros_like(test.objects), test.objects, cfg.sigma))
-    results, train_sets = {}, {}
-    for v, s in runs:
-        if reuse[v, s] is not None:
-            results[v, s] = reuse[v, s]
-            continue
-        if s not in train_sets:
-            train_sets[s] = make_split("train", cfg.n_train, cfg.sigma, s, cfg.n_objects, cfg.n_background, cfg.dim)
-        seed_everything(s)
-        model = RandomObjectsModel(cfg.model(v))
-        if is_main_process():
-            print(f"== {VARIANT_NAMES[v]}, seed {s}: {cfg.steps} steps -> {cfg.run_dir(v, s)}", flush=True)
-        results[v, s] = train(cfg.train_config(v, s), model, train_sets[s], _loss, evaluate, task=TASK,
-                              task_config=cfg.task_config(v, s))
+    results = {run: r for run, r in reuse.items() if r is not None}
+    pending = [run for run in runs if reuse[run] is None]
+    jobs = _resolve_jobs(cfg, len(pending))
+    if jobs > 1:
+        results.update(_train_parallel(cfg, pending, jobs))
+    else:
+        evaluate, train_sets = _make_eval(test, cfg.sigma, cfg.eval_batch), {}
+        for v, s in pending:
+            if s not in train_sets:
+                train_sets[s] = _train_split(cfg, s)
+            if is_main_process():
+                print(f"== {VARIANT_NAMES[v]}, seed {s}: {cfg.steps} steps -> {cfg.run_dir(v, s)}", flush=True)
+            results[v, s] = _train_one(cfg, v, s, train_sets[s], evaluate, cfg.train_config(v, s))
 
     rows, curves = [], {}
     for v in cfg.variants:

@@ -282,3 +282,24 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert train_steps == [3]  # one record per logging step: only rank 0 writes
     assert all((out / name).exists() for name in SUMMARY)
     assert done.stdout.count("| SA |") == 1 and done.stdout.count("== SA, seed 0") == 1  # rank 0 prints
+
+
+def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
+    """--jobs 2 trains the runs in two spawned processes: every run's evaluations and final parameters
+    equal those of the same runs trained one after the other in this process."""
+    argv = ["--steps", "4", "--n-train", "128", "--n-test", "64", "--batch-size", "32", "--variant", "sa",
+            "--variant", "sa-sh", "--backend", "torch", "--threads", "1", "--no-progress", "--eval-every", "2"]
+    code1, _, err1 = run_main(argv + ["--jobs", "1", "--out", tmp_path / "serial"])
+    code2, out2, err2 = run_main(argv + ["--jobs", "2", "--out", tmp_path / "parallel"])
+    assert code1 == 0 and code2 == 0, err1 + err2
+    assert "2 runs in 2 processes" in out2
+    for variant in ("sa", "sa-sh"):
+        runs = [tmp_path / mode / variant / "seed0" for mode in ("serial", "parallel")]
+        evals = [[(r["step"], r["rmse_norm"]) for r in map(json.loads, (d / METRICS_NAME).read_text().splitlines())
+                  if r["split"] == "eval"] for d in runs]
+        assert evals[0] == evals[1] and len(evals[0]) == 2
+        params = [load_checkpoint(d / CHECKPOINT_NAME)["model"] for d in runs]
+        assert params[0].keys() == params[1].keys()
+        assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
+    tables = [json.loads((tmp_path / mode / "table.json").read_text())["rows"] for mode in ("serial", "parallel")]
+    assert [r["ours"] for r in tables[0]] == [r["ours"] for r in tables[1]]
