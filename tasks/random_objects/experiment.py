@@ -256,21 +256,24 @@ def _worker(cfg: ExperimentConfig, variant: str, seed: int, num_threads: int) ->
 _COST_ORDER = ("sa-mesh", "sa-emd", "sa-sh", "sa")
 
 
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _resolve_jobs(cfg: ExperimentConfig, n_pending: int) -> int:
     if cfg.jobs != 0:
         return min(cfg.jobs, max(1, n_pending))
     if torch.cuda.is_available() or dist_info()[1] > 1:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, n_pending))
+    return max(1, min(_cores(), n_pending))
 
 
 def _train_parallel(cfg: ExperimentConfig, pending: list, jobs: int) -> dict:
     """Train the pending (variant, seed) runs in ``jobs`` spawned processes; returns their results."""
     if dist_info()[1] > 1:
         raise ValueError("jobs > 1 cannot be combined with torchrun; use one or the other")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = cfg.num_threads or max(1, cores // jobs)
+    threads = cfg.num_threads or max(1, _cores() // jobs)
     order = sorted(pending, key=lambda run: (_COST_ORDER.index(run[0]), run[1]))
     print(f"== {len(order)} runs in {jobs} processes, {threads} torch thread(s) each: "
           + ", ".join(f"{VARIANT_NAMES[v]} seed {s}" for v, s in order), flush=True)
