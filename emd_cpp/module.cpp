@@ -1,14 +1,20 @@
 // Python binding of the batched exact EMD solver (see transport.hpp for the exactness argument and
-// batch.hpp for the threading). The public, validated entry point is kernels.exact.emd.
+// batch.hpp for the threading) and of the fused CPU Sinkhorn / MESH loops (sinkhorn.hpp). The public,
+// validated entry points are kernels.exact.emd and kernels.sinkhorn / kernels.mesh (backend "cpp").
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <chrono>
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <initializer_list>
+#include <optional>
+#include <string>
 
 #include "batch.hpp"
+#include "sinkhorn.hpp"
 #include "transport.hpp"
 
 namespace py = pybind11;
@@ -63,10 +69,115 @@ py::tuple solve_batch(const Array& C, const Array& a, const Array& b, int num_th
   return py::make_tuple(P, status);
 }
 
+
+// --- Sinkhorn / MESH (sinkhorn.hpp). The Python wrapper (kernels/cpp_ot.py) has validated values;
+// the checks here are of shapes only, so that a wrong call fails with a message, not a crash.
+
+template <typename T>
+using OTArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+void expect_shape(const py::array& x, std::initializer_list<int64_t> shape, const char* name) {
+  bool same = x.ndim() == static_cast<py::ssize_t>(shape.size());
+  int axis = 0;
+  for (int64_t s : shape) same = same && x.shape(axis++) == s;
+  if (!same) throw py::value_error(std::string(name) + " has the wrong shape for this call");
+}
+
+ot::Dims dims_of(const py::array& C) {
+  if (C.ndim() != 3) throw py::value_error("C must have shape (B, n, m)");
+  return {C.shape(0), C.shape(1), C.shape(2)};
+}
+
+void check_counts(int threads, int iters) {
+  if (threads < 1) throw py::value_error("threads must be >= 1");
+  if (iters < 1) throw py::value_error("n_iters must be >= 1");
+}
+
+template <typename T>
+py::tuple ot_sinkhorn_fwd(const OTArray<T>& C, const OTArray<T>& log_a, const OTArray<T>& log_b, const OTArray<T>& v0,
+                          double tau, int iters, int threads) {
+  const ot::Dims d = dims_of(C);
+  check_counts(threads, iters);
+  expect_shape(log_a, {d.batch, d.n}, "log_a");
+  expect_shape(log_b, {d.batch, d.m}, "log_b");
+  expect_shape(v0, {d.batch, d.m}, "v0");
+  OTArray<T> us({static_cast<int64_t>(iters), d.batch, d.n}), vs({static_cast<int64_t>(iters) + 1, d.batch, d.m});
+  py::array_t<uint8_t> ok(d.batch);
+  {
+    py::gil_scoped_release no_gil;
+    ot::sinkhorn_forward<T>(C.data(), log_a.data(), log_b.data(), v0.data(), d, static_cast<T>(tau), iters,
+                            us.mutable_data(), vs.mutable_data(), ok.mutable_data(), threads);
+  }
+  return py::make_tuple(us, vs, ok);
+}
+
+template <typename T>
+py::tuple ot_sinkhorn_bwd(const OTArray<T>& C, const OTArray<T>& log_a, const OTArray<T>& log_b, const OTArray<T>& us,
+                          const OTArray<T>& vs, const std::optional<OTArray<T>>& grad_P, double tau, int threads) {
+  const ot::Dims d = dims_of(C);
+  if (us.ndim() != 3) throw py::value_error("us must have shape (L, B, n)");
+  const int iters = static_cast<int>(us.shape(0));
+  check_counts(threads, iters);
+  expect_shape(log_a, {d.batch, d.n}, "log_a");
+  expect_shape(log_b, {d.batch, d.m}, "log_b");
+  expect_shape(us, {iters, d.batch, d.n}, "us");
+  expect_shape(vs, {iters + 1, d.batch, d.m}, "vs");
+  if (grad_P) expect_shape(*grad_P, {d.batch, d.n, d.m}, "grad_P");
+  OTArray<T> grad_C({d.batch, d.n, d.m}), ga({d.batch, d.n}), gb({d.batch, d.m}), gv0({d.batch, d.m});
+  py::array_t<uint8_t> ok(d.batch);
+  {
+    py::gil_scoped_release no_gil;
+    ot::sinkhorn_backward<T>(C.data(), log_a.data(), log_b.data(), us.data(), vs.data(),
+                             grad_P ? grad_P->data() : nullptr, d, static_cast<T>(tau), iters, grad_C.mutable_data(),
+                             ga.mutable_data(), gb.mutable_data(), gv0.mutable_data(), ok.mutable_data(), threads);
+  }
+  return py::make_tuple(grad_C, ga, gb, gv0, ok);
+}
+
+template <typename T>
+py::tuple ot_mesh_fwd(const OTArray<T>& C, const OTArray<T>& noise, const OTArray<T>& log_a, const OTArray<T>& log_b,
+                      double tau, double noise_scale, int steps, int iters, double lr, bool reuse_uv, int threads) {
+  const ot::Dims d = dims_of(C);
+  check_counts(threads, iters);
+  if (steps < 1) throw py::value_error("n_mesh_iters must be >= 1");
+  expect_shape(noise, {d.batch, d.n, d.m}, "noise");
+  expect_shape(log_a, {d.batch, d.n}, "log_a");
+  expect_shape(log_b, {d.batch, d.m}, "log_b");
+  OTArray<T> C_T({d.batch, d.n, d.m}), u({d.batch, d.n}), v({d.batch, d.m});
+  py::array_t<uint8_t> ok(d.batch);
+  {
+    py::gil_scoped_release no_gil;
+    ot::mesh_forward<T>(C.data(), noise.data(), log_a.data(), log_b.data(), d, static_cast<T>(tau),
+                        static_cast<T>(noise_scale), steps, iters, static_cast<T>(lr), reuse_uv, C_T.mutable_data(),
+                        u.mutable_data(), v.mutable_data(), ok.mutable_data(), threads);
+  }
+  return py::make_tuple(C_T, u, v, ok);
+}
+
+template <typename T>
+void bind_ot(py::module_& m) {
+  m.def("sinkhorn_fwd", &ot_sinkhorn_fwd<T>, py::arg("C"), py::arg("log_a"), py::arg("log_b"), py::arg("v0"),
+        py::arg("tau"), py::arg("n_iters"), py::arg("threads"),
+        "(us (L, B, n), vs (L + 1, B, m), ok (B,) uint8): kernels.torch_ot.sinkhorn_fwd's scaling form, per\n"
+        "element in cache; ok = 0 marks elements whose accuracy checks failed (outputs unspecified).");
+  m.def("sinkhorn_bwd", &ot_sinkhorn_bwd<T>, py::arg("C"), py::arg("log_a"), py::arg("log_b"), py::arg("us"),
+        py::arg("vs"), py::arg("grad_P"), py::arg("tau"), py::arg("threads"),
+        "(grad_C, grad_log_a, grad_log_b, grad_v0, ok): kernels.torch_ot.sinkhorn_bwd's scaling form;\n"
+        "grad_P None is the gradient of the summed entropy.");
+  m.def("mesh_fwd", &ot_mesh_fwd<T>, py::arg("C"), py::arg("noise"), py::arg("log_a"), py::arg("log_b"),
+        py::arg("tau"), py::arg("noise_scale"), py::arg("n_mesh_iters"), py::arg("n_iters"), py::arg("lr"),
+        py::arg("reuse_uv"), py::arg("threads"),
+        "(C_T (B, n, m), u (B, n), v (B, m), ok (B,) uint8): the MESH loop of kernels.torch_ot.mesh_fwd.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "Batched exact optimal transport on LEMON's network simplex (private; use kernels.emd).";
+  m.doc() =
+      "Batched exact optimal transport on LEMON's network simplex (private; use kernels.emd), and fused CPU\n"
+      "Sinkhorn / MESH loops (private; use kernels.sinkhorn / kernels.mesh with backend='cpp').";
+  bind_ot<float>(m);
+  bind_ot<double>(m);
 
   py::enum_<emd::Status>(m, "Status", "Outcome of one problem in a batch (POT's ot/lp style).")
       .value("OPTIMAL", emd::Status::kOptimal, "exact optimum of the integer-scaled problem")

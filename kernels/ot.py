@@ -8,11 +8,12 @@ starting from ``C + noise_scale * noise``; its output passes gradients straight 
 (Sec. 4.1, "Gradients"), or, with ``straight_through=False``, is differentiated through every step.
 
 The numerical work is done by a backend with a fixed contract (``sinkhorn_fwd``, ``sinkhorn_bwd``,
-``mesh_fwd``): ``kernels.triton_ot`` for CUDA tensors when Triton imports, ``kernels.torch_ot``
-otherwise (``backend="torch"`` / ``"triton"`` forces one; ``backend="compile"`` is ``kernels.compiled_ot``,
-the PyTorch path under ``torch.compile``, opt-in because its first call per shape compiles). The
-backends never build an autograd graph;
-this module wraps them in ``torch.autograd.Function``.
+``mesh_fwd``): ``kernels.triton_ot`` for CUDA tensors when Triton imports (``kernels.torch_ot``
+when it does not), ``kernels.cpp_ot`` (the fused C++ loops of ``emd_cpp``) for CPU tensors.
+``backend="torch"`` forces the plain PyTorch path (the reference the others are tested against; it runs
+on any device), ``"cpp"`` / ``"triton"`` force theirs, and ``"compile"`` is ``kernels.compiled_ot``, the
+PyTorch path under ``torch.compile`` (opt-in: its first call per shape compiles). The backends never
+build an autograd graph; this module wraps them in ``torch.autograd.Function``.
 
 Known limits: the returned potentials ``u``, ``v`` carry no gradient (they are for warm starts); a
 gradient that reaches them is an error from autograd, not a silent zero. ``sinkhorn``'s backward is
@@ -27,13 +28,13 @@ import numbers
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import torch_ot
+from . import cpp_ot, torch_ot
 from ._checks import check_ot_inputs, check_tau
 from .reference import mesh_ref
 
 __all__ = ["sinkhorn", "mesh"]
 
-_BACKENDS = (None, "torch", "compile", "triton")
+_BACKENDS = (None, "torch", "cpp", "compile", "triton")
 
 
 def _triton_backend():
@@ -42,11 +43,11 @@ def _triton_backend():
 
 def _check_backend(backend) -> None:
     if backend not in _BACKENDS:
-        raise ValueError(f"backend must be None, 'torch', 'compile' or 'triton', got {backend!r}")
+        raise ValueError(f"backend must be None, 'torch', 'cpp', 'compile' or 'triton', got {backend!r}")
 
 
 def _pick_backend(C: torch.Tensor, backend):
-    """The backend module for ``C``: Triton on CUDA when it imports, else the PyTorch path."""
+    """The backend module for ``C``: the C++ loops on CPU; Triton on CUDA when it imports, else PyTorch."""
     _check_backend(backend)
     if backend == "torch":
         return torch_ot
@@ -54,6 +55,10 @@ def _pick_backend(C: torch.Tensor, backend):
         return _triton_backend()
     if backend == "compile":
         return importlib.import_module("kernels.compiled_ot")
+    if backend == "cpp" or (backend is None and C.device.type == "cpu"):
+        if C.device.type != "cpu":
+            raise ValueError(f"backend 'cpp' runs on CPU tensors, got C on {C.device}")
+        return cpp_ot
     if C.is_cuda and importlib.util.find_spec("triton") is not None:
         try:
             return _triton_backend()
@@ -159,8 +164,9 @@ def sinkhorn(C, a, b, n_iters=5, tau=1.0, u=None, v=None, *, backend=None):
             recomputes it from ``v``.
         v: (B, m) or None; warm-start column potentials (zeros if None). May be -inf at columns that
             should start with no mass; differentiable.
-        backend: None (Triton on CUDA when available, else PyTorch), "torch", "compile" (the PyTorch
-            path under torch.compile: faster at small shapes, compiles on first use) or "triton".
+        backend: None (the C++ loops on CPU; Triton on CUDA when available, else PyTorch), "torch" (plain
+            PyTorch, any device), "cpp" (CPU only), "compile" (the PyTorch path under torch.compile,
+            compiles on first use) or "triton".
 
     Returns:
         P (B, n, m) the plan, differentiable in C, a, b and v; u (B, n), v (B, m) the final
@@ -200,7 +206,7 @@ def mesh(C, a, b, n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise=None, noise_scale=
         straight_through: if True, C2 passes gradients to C unchanged (no gradient to a, b, noise);
             if False, autograd differentiates through every step (slow, second order; when nothing
             needs a gradient the values are computed by the fast path, they are the same).
-        backend: None, "torch", "compile" or "triton" (as in ``sinkhorn``); ignored when
+        backend: None, "torch", "cpp", "compile" or "triton" (as in ``sinkhorn``); ignored when
             straight_through=False.
 
     Returns:

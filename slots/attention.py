@@ -82,8 +82,8 @@ class OTConfig:
         normalize_plan: divide each column of the plan by its sum before the weighted mean of values
             (True, as SA does) or use the raw plan (False, as the official code does).
         backend: OT backend (``kernels.sinkhorn``'s ``backend``): None picks Triton on CUDA and the
-            eager PyTorch path on CPU; "compile" runs the PyTorch path under torch.compile (faster for
-            small CPU problems after a first call that compiles).
+            fused C++ loops on CPU; "torch" the plain PyTorch path; "cpp", "compile" (the PyTorch path
+            under torch.compile) and "triton" force theirs.
     """
 
     n_sh_iters: int = 5
@@ -106,8 +106,9 @@ class OTConfig:
         for name in ("reuse_uv", "straight_through", "learned_marginals", "normalize_plan"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"OTConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.backend not in (None, "torch", "compile", "triton"):
-            raise ValueError(f"OTConfig.backend must be None, 'torch', 'compile' or 'triton', got {self.backend!r}")
+        if self.backend not in (None, "torch", "cpp", "compile", "triton"):
+            raise ValueError(
+                f"OTConfig.backend must be None, 'torch', 'cpp', 'compile' or 'triton', got {self.backend!r}")
 
 
 @dataclass

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue runs from their checkpoints and reuse finished runs")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="OT kernels: auto = torch.compile'd PyTorch path on CPU, Triton on CUDA")
+                   help="OT kernels: auto = the fused C++ loops on CPU, Triton on CUDA")
     p.add_argument("--jobs", type=_int_at_least(0), default=0,
                    help="runs trained at the same time in separate processes; 0: one per core on CPU "
                         "(at most the number of runs), one on CUDA or under torchrun")

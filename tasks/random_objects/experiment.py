@@ -46,7 +46,7 @@ PAPER_TABLE1 = {
     "sa-mesh": {1.0: 0.24, 0.1: 0.27, 0.01: 0.31},
 }
 TEST_SEED = 0
-BACKENDS = ("auto", "torch", "compile", "triton")
+BACKENDS = ("auto", "torch", "cpp", "compile", "triton")
 
 
 def _paper_value(variant: str, sigma: float) -> float | None:
@@ -73,9 +73,8 @@ class ExperimentConfig:
         eval_every, ckpt_every: steps between test evaluations / checkpoints.
         eval_batch: examples per forward pass during evaluation.
         head, n_iters, mesh_lr, mesh_iters: model options (see ``model.ModelConfig``, ``slots.OTConfig``).
-        backend: OT backend (``slots.OTConfig.backend``); "auto" is "compile" (the PyTorch path under
-            torch.compile, about 1.5x faster per SA-MESH step at this size on CPU) without CUDA, and the
-            default dispatch (Triton) with it.
+        backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch: the fused C++
+            loops on CPU, Triton on CUDA.
         resume: continue runs from their checkpoints and reuse finished runs.
         num_threads: torch threads per run (None: torch's default; with jobs > 1, cores / jobs).
         progress: progress bars (off for runs in worker processes).
@@ -151,10 +150,8 @@ class ExperimentConfig:
                                                        backend=self.ot_backend()))
 
     def ot_backend(self) -> str | None:
-        """The resolved ``slots.OTConfig.backend`` ("auto": "compile" on CPU, default dispatch on CUDA)."""
-        if self.backend == "auto":
-            return None if torch.cuda.is_available() else "compile"
-        return self.backend
+        """The resolved ``slots.OTConfig.backend`` ("auto": None, the default dispatch)."""
+        return None if self.backend == "auto" else self.backend
 
     def run_dir(self, variant: str, seed: int) -> Path:
         """The run folder of one (variant, seed)."""

@@ -1,4 +1,5 @@
-"""Tests of the public batched Sinkhorn and MESH (kernels/ot.py) on the PyTorch path.
+"""Tests of the public batched Sinkhorn and MESH (kernels/ot.py) on the default CPU path (the fused C++
+loops of kernels/cpp_ot.py, falling back to kernels/torch_ot.py; each backend is also tested on its own).
 
 Referees: POT's log-domain Sinkhorn for converged plans, the plain-autograd references of
 kernels/reference.py for the unrolled values and gradients, torch.autograd.gradcheck in float64.
@@ -12,7 +13,7 @@ import ot as pot
 import pytest
 import torch
 
-from kernels import torch_ot
+from kernels import cpp_ot, torch_ot
 from kernels.ot import mesh, sinkhorn
 from kernels.reference import entropy_ref, mesh_ref, sinkhorn_ref
 
@@ -459,13 +460,15 @@ def test_empty_batch():
 # Backends
 # ------------------------------------------------------------------------------------------------
 
-def test_cpu_dispatches_to_torch_path(monkeypatch):
+@pytest.mark.parametrize("backend,module", [(None, cpp_ot), ("cpp", cpp_ot), ("torch", torch_ot)])
+def test_cpu_dispatch(backend, module, monkeypatch):
     calls = []
-    fwd = torch_ot.sinkhorn_fwd
-    monkeypatch.setattr(torch_ot, "sinkhorn_fwd", lambda *args: calls.append(1) or fwd(*args))
+    for mod in (cpp_ot, torch_ot):
+        fwd = mod.sinkhorn_fwd
+        monkeypatch.setattr(mod, "sinkhorn_fwd", lambda *args, _m=mod, _f=fwd: calls.append(_m) or _f(*args))
     C, a, b = _problem(1, 4, 2, seed=25)
-    sinkhorn(C, a, b)
-    assert calls == [1]
+    sinkhorn(C, a, b, backend=backend)
+    assert calls == [module]
 
 
 def _triton_backend_or_skip():
