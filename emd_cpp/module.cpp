@@ -12,6 +12,7 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "batch.hpp"
 #include "sinkhorn.hpp"
@@ -70,8 +71,8 @@ py::tuple solve_batch(const Array& C, const Array& a, const Array& b, int num_th
 }
 
 
-// --- Sinkhorn / MESH (sinkhorn.hpp). The Python wrapper (kernels/cpp_ot.py) has validated values;
-// the checks here are of shapes only, so that a wrong call fails with a message, not a crash.
+// --- Sinkhorn / MESH (sinkhorn.hpp). Values are checked per element by the loops (the `valid` output);
+// the checks here are of shapes, so that a wrong call fails with a message, not a crash.
 
 template <typename T>
 using OTArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
@@ -95,20 +96,23 @@ void check_counts(int threads, int iters) {
 
 template <typename T>
 py::tuple ot_sinkhorn_fwd(const OTArray<T>& C, const OTArray<T>& log_a, const OTArray<T>& log_b, const OTArray<T>& v0,
-                          double tau, int iters, int threads) {
+                          double tau, int iters, int threads, bool want_plan, double mass_rtol) {
   const ot::Dims d = dims_of(C);
   check_counts(threads, iters);
   expect_shape(log_a, {d.batch, d.n}, "log_a");
   expect_shape(log_b, {d.batch, d.m}, "log_b");
   expect_shape(v0, {d.batch, d.m}, "v0");
   OTArray<T> us({static_cast<int64_t>(iters), d.batch, d.n}), vs({static_cast<int64_t>(iters) + 1, d.batch, d.m});
-  py::array_t<uint8_t> ok(d.batch);
+  OTArray<T> P(want_plan ? std::vector<int64_t>{d.batch, d.n, d.m} : std::vector<int64_t>{0});
+  py::array_t<uint8_t> ok(d.batch), valid(d.batch);
   {
     py::gil_scoped_release no_gil;
-    ot::sinkhorn_forward<T>(C.data(), log_a.data(), log_b.data(), v0.data(), d, static_cast<T>(tau), iters,
-                            us.mutable_data(), vs.mutable_data(), ok.mutable_data(), threads);
+    ot::sinkhorn_forward<T>(C.data(), log_a.data(), log_b.data(), v0.data(), d, static_cast<T>(tau), iters, mass_rtol,
+                            us.mutable_data(), vs.mutable_data(), want_plan ? P.mutable_data() : nullptr,
+                            ok.mutable_data(), valid.mutable_data(), threads);
   }
-  return py::make_tuple(us, vs, ok);
+  if (!want_plan) return py::make_tuple(us, vs, py::none(), ok, valid);
+  return py::make_tuple(us, vs, P, ok, valid);
 }
 
 template <typename T>
@@ -136,7 +140,8 @@ py::tuple ot_sinkhorn_bwd(const OTArray<T>& C, const OTArray<T>& log_a, const OT
 
 template <typename T>
 py::tuple ot_mesh_fwd(const OTArray<T>& C, const OTArray<T>& noise, const OTArray<T>& log_a, const OTArray<T>& log_b,
-                      double tau, double noise_scale, int steps, int iters, double lr, bool reuse_uv, int threads) {
+                      double tau, double noise_scale, int steps, int iters, double lr, bool reuse_uv, int threads,
+                      double mass_rtol) {
   const ot::Dims d = dims_of(C);
   check_counts(threads, iters);
   if (steps < 1) throw py::value_error("n_mesh_iters must be >= 1");
@@ -144,30 +149,35 @@ py::tuple ot_mesh_fwd(const OTArray<T>& C, const OTArray<T>& noise, const OTArra
   expect_shape(log_a, {d.batch, d.n}, "log_a");
   expect_shape(log_b, {d.batch, d.m}, "log_b");
   OTArray<T> C_T({d.batch, d.n, d.m}), u({d.batch, d.n}), v({d.batch, d.m});
-  py::array_t<uint8_t> ok(d.batch);
+  py::array_t<uint8_t> ok(d.batch), valid(d.batch);
   {
     py::gil_scoped_release no_gil;
     ot::mesh_forward<T>(C.data(), noise.data(), log_a.data(), log_b.data(), d, static_cast<T>(tau),
-                        static_cast<T>(noise_scale), steps, iters, static_cast<T>(lr), reuse_uv, C_T.mutable_data(),
-                        u.mutable_data(), v.mutable_data(), ok.mutable_data(), threads);
+                        static_cast<T>(noise_scale), steps, iters, static_cast<T>(lr), reuse_uv, mass_rtol,
+                        C_T.mutable_data(), u.mutable_data(), v.mutable_data(), ok.mutable_data(),
+                        valid.mutable_data(), threads);
   }
-  return py::make_tuple(C_T, u, v, ok);
+  return py::make_tuple(C_T, u, v, ok, valid);
 }
 
 template <typename T>
 void bind_ot(py::module_& m) {
   m.def("sinkhorn_fwd", &ot_sinkhorn_fwd<T>, py::arg("C"), py::arg("log_a"), py::arg("log_b"), py::arg("v0"),
-        py::arg("tau"), py::arg("n_iters"), py::arg("threads"),
-        "(us (L, B, n), vs (L + 1, B, m), ok (B,) uint8): kernels.torch_ot.sinkhorn_fwd's scaling form, per\n"
-        "element in cache; ok = 0 marks elements whose accuracy checks failed (outputs unspecified).");
+        py::arg("tau"), py::arg("n_iters"), py::arg("threads"), py::arg("want_plan") = false,
+        py::arg("mass_rtol") = 1e-4,
+        "(us (L, B, n), vs (L + 1, B, m), P (B, n, m) or None, ok (B,), valid (B,) uint8):\n"
+        "kernels.torch_ot.sinkhorn_fwd's scaling form, per element in cache, and with want_plan the plan\n"
+        "exp(-C / tau + u_L + v_L). ok = 0 marks elements whose accuracy checks failed, valid = 0 those whose\n"
+        "inputs fail kernels/_checks.py's value checks (not solved); their outputs are unspecified.");
   m.def("sinkhorn_bwd", &ot_sinkhorn_bwd<T>, py::arg("C"), py::arg("log_a"), py::arg("log_b"), py::arg("us"),
         py::arg("vs"), py::arg("grad_P"), py::arg("tau"), py::arg("threads"),
         "(grad_C, grad_log_a, grad_log_b, grad_v0, ok): kernels.torch_ot.sinkhorn_bwd's scaling form;\n"
         "grad_P None is the gradient of the summed entropy.");
   m.def("mesh_fwd", &ot_mesh_fwd<T>, py::arg("C"), py::arg("noise"), py::arg("log_a"), py::arg("log_b"),
         py::arg("tau"), py::arg("noise_scale"), py::arg("n_mesh_iters"), py::arg("n_iters"), py::arg("lr"),
-        py::arg("reuse_uv"), py::arg("threads"),
-        "(C_T (B, n, m), u (B, n), v (B, m), ok (B,) uint8): the MESH loop of kernels.torch_ot.mesh_fwd.");
+        py::arg("reuse_uv"), py::arg("threads"), py::arg("mass_rtol") = 1e-4,
+        "(C_T (B, n, m), u (B, n), v (B, m), ok (B,), valid (B,) uint8): the MESH loop of\n"
+        "kernels.torch_ot.mesh_fwd; ok and valid as in sinkhorn_fwd (valid also asks for finite noise).");
 }
 
 }  // namespace

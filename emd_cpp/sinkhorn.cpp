@@ -121,6 +121,50 @@ OT_INLINE bool magnitude_ok(T big) {
   return big * Num<T>::eps <= static_cast<T>(1.0 / 8192);
 }
 
+// The value checks of kernels/_checks.check_ot_inputs and kernels/ot.py for one element, so that the
+// public functions need no pass of their own over the inputs: C finite with |C| / tau <= max / 64; log
+// marginals neither NaN nor +inf, each marginal with a positive finite sum, the sums within mass_rtol;
+// v0 (if given) neither NaN nor +inf and not -inf everywhere; noise (if given) finite. Python redoes
+// the checks of a failing call to name the problem.
+template <typename T>
+OT_INLINE bool inputs_valid(const T* C, const T* noise, int64_t nm, const T* la, int64_t n, const T* lb, int64_t m,
+                            const T* v0, T tau, double mass_rtol) {
+  const T big = std::numeric_limits<T>::max();
+  T cmax = 0;
+  int bad = 0;
+#pragma omp simd reduction(max : cmax) reduction(| : bad)
+  for (int64_t i = 0; i < nm; ++i) {
+    const T c = std::abs(C[i]);
+    bad |= !(c <= big);
+    cmax = c > cmax ? c : cmax;
+  }
+  if (noise != nullptr) {
+#pragma omp simd reduction(| : bad)
+    for (int64_t i = 0; i < nm; ++i) bad |= !(std::abs(noise[i]) <= big);
+  }
+  if (bad || cmax / tau > big / 64) return false;
+  double sa = 0, sb = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    bad |= !(la[i] < Num<T>::inf);
+    sa += std::exp(static_cast<double>(la[i]));
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    bad |= !(lb[j] < Num<T>::inf);
+    sb += std::exp(static_cast<double>(lb[j]));
+  }
+  if (bad || !(sa > 0) || !(sb > 0) || !std::isfinite(sa) || !std::isfinite(sb)) return false;
+  if (std::abs(sa - sb) > mass_rtol * std::max(sa, sb)) return false;
+  if (v0 != nullptr) {
+    bool any_finite = false;
+    for (int64_t j = 0; j < m; ++j) {
+      if (!(v0[j] < Num<T>::inf)) return false;
+      any_finite |= v0[j] > -Num<T>::inf;
+    }
+    if (!any_finite) return false;
+  }
+  return true;
+}
+
 // exp for the entries of K and P (arguments <= ~0). float: a polynomial that the compiler vectorizes
 // (Cephes' expf: exp(x) = 2^k exp(x - k ln 2), |x - k ln 2| <= ln 2 / 2, about 1 ulp; 0 below -87.3,
 // where expf is at most tiny, and for -inf; +inf above 88.3, where it is near overflow). double: std::exp.
@@ -320,10 +364,15 @@ OT_INLINE void load_element(Work<T>& w, const T* C, const T* la, const T* lb, in
 
 template <typename T>
 OT_CLONES void sinkhorn_forward_element(const T* C, const T* log_a, const T* log_b, const T* v0, Dims d, T tau, int L,
-                                        T* us, T* vs, uint8_t* ok, int64_t e, Work<T>& w) {
+                                        double mass_rtol, T* us, T* vs, T* P, uint8_t* ok, uint8_t* valid,
+                                        int64_t e, Work<T>& w) {
   const int64_t B = d.batch, n = d.n, m = d.m;
   const T* la = log_a + e * n;
   const T* lb = log_b + e * m;
+  ok[e] = 0;
+  valid[e] = inputs_valid(C + e * n * m, static_cast<const T*>(nullptr), n * m, la, n, lb, m, v0 + e * m, tau,
+                          mass_rtol);
+  if (!valid[e]) return;
   std::copy(v0 + e * m, v0 + (e + 1) * m, w.v0.begin());
   load_element(w, C + e * n * m, la, lb, n, m, tau);
   build_K(w.logKt.data(), w.Kt.data(), w.r.data(), n, m);
@@ -341,15 +390,29 @@ OT_CLONES void sinkhorn_forward_element(const T* C, const T* log_a, const T* log
     big = std::max({big, magnitude(u, n), magnitude(v, m)});
   }
   ok[e] = good && magnitude_ok(big);
+  if (!ok[e] || P == nullptr) return;
+  // the plan exp(S + u_L + v_L), computed transposed in the scratch matrix and stored as (n, m)
+  const T* Ce = C + e * n * m;
+  const T* uL = us + ((L - 1) * B + e) * n;
+  const T* vL = vs + (L * B + e) * m;
+  T* Pe = P + e * n * m;
+  for (int64_t j = 0; j < m; ++j) {
+    T* lp = w.logKt.data() + j * n;
+    const T vj = std::max(vL[j], Num<T>::neg);
+    for (int64_t i = 0; i < n; ++i) lp[i] = std::max(uL[i], Num<T>::neg) + (T(-1) / tau) * Ce[i * m + j] + vj;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) lp[i] = exp_entry(lp[i]);
+    for (int64_t i = 0; i < n; ++i) Pe[i * m + j] = lp[i];
+  }
 }
 
 }  // namespace
 
 template <typename T>
-void sinkhorn_forward(const T* C, const T* log_a, const T* log_b, const T* v0, Dims d, T tau, int L, T* us, T* vs,
-                      uint8_t* ok, int threads) {
+void sinkhorn_forward(const T* C, const T* log_a, const T* log_b, const T* v0, Dims d, T tau, int L, double mass_rtol,
+                      T* us, T* vs, T* P, uint8_t* ok, uint8_t* valid, int threads) {
   for_each_element<T>(d, L, threads, [&](int64_t e, Work<T>& w) {
-    sinkhorn_forward_element<T>(C, log_a, log_b, v0, d, tau, L, us, vs, ok, e, w);
+    sinkhorn_forward_element<T>(C, log_a, log_b, v0, d, tau, L, mass_rtol, us, vs, P, ok, valid, e, w);
   });
 }
 
@@ -447,8 +510,8 @@ namespace {
 
 template <typename T>
 OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, const T* log_b, Dims d, T tau,
-                                    T noise_scale, int steps, int L, T lr, bool reuse_uv, T* C_T, T* u_out, T* v_out,
-                                    uint8_t* ok, int64_t e, Work<T>& w) {
+                                    T noise_scale, int steps, int L, T lr, bool reuse_uv, double mass_rtol, T* C_T,
+                                    T* u_out, T* v_out, uint8_t* ok, uint8_t* valid, int64_t e, Work<T>& w) {
   const int64_t n = d.n, m = d.m;
   const T alpha = T(-1) / tau;
   const T* Ce = C + e * n * m;
@@ -464,6 +527,8 @@ OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, 
   T* uL = u_out + e * n;
   T* vL = v_out + e * m;
   ok[e] = 0;
+  valid[e] = inputs_valid(Ce, Ne, n * m, la, n, lb, m, static_cast<const T*>(nullptr), tau, mass_rtol);
+  if (!valid[e]) return;
   for (int step = 0; step < steps; ++step) {
     for (int64_t j = 0; j < m; ++j) {
       w.v0f[j] = std::max(w.v0[j], Num<T>::neg);
@@ -523,19 +588,21 @@ OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, 
 
 template <typename T>
 void mesh_forward(const T* C, const T* noise, const T* log_a, const T* log_b, Dims d, T tau, T noise_scale, int steps,
-                  int L, T lr, bool reuse_uv, T* C_T, T* u_out, T* v_out, uint8_t* ok, int threads) {
+                  int L, T lr, bool reuse_uv, double mass_rtol, T* C_T, T* u_out, T* v_out, uint8_t* ok,
+                  uint8_t* valid, int threads) {
   for_each_element<T>(d, L, threads, [&](int64_t e, Work<T>& w) {
-    mesh_forward_element<T>(C, noise, log_a, log_b, d, tau, noise_scale, steps, L, lr, reuse_uv, C_T, u_out, v_out, ok,
-                            e, w);
+    mesh_forward_element<T>(C, noise, log_a, log_b, d, tau, noise_scale, steps, L, lr, reuse_uv, mass_rtol, C_T, u_out,
+                            v_out, ok, valid, e, w);
   });
 }
 
 #define OT_INSTANTIATE(T)                                                                                      \
-  template void sinkhorn_forward<T>(const T*, const T*, const T*, const T*, Dims, T, int, T*, T*, uint8_t*, int); \
+  template void sinkhorn_forward<T>(const T*, const T*, const T*, const T*, Dims, T, int, double, T*, T*, T*, uint8_t*, \
+                                    uint8_t*, int);                                                              \
   template void sinkhorn_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*, Dims, T, int, T*, \
                                      T*, T*, T*, uint8_t*, int);                                                  \
-  template void mesh_forward<T>(const T*, const T*, const T*, const T*, Dims, T, T, int, int, T, bool, T*, T*, T*, \
-                                uint8_t*, int);
+  template void mesh_forward<T>(const T*, const T*, const T*, const T*, Dims, T, T, int, int, T, bool, double, T*, T*, \
+                                T*, uint8_t*, uint8_t*, int);
 OT_INSTANTIATE(float)
 OT_INSTANTIATE(double)
 #undef OT_INSTANTIATE

@@ -15,7 +15,8 @@
 //
 // Layouts (all C-contiguous): C, noise, grad_P, grad_C, C_T (B, n, m); log_a (B, n), log_b (B, m);
 // us (L, B, n) = u_1..u_L; vs (L + 1, B, m) = v_0..v_L; ok (B,) 1 = passed. log marginals may be
-// -inf (zero marginals). Inside, each element's matrices are held transposed, (m, n), so the long
+// -inf (zero marginals). The forward functions also check each element's inputs (valid (B,), 1 = the
+// values pass the checks of kernels/_checks.py; an invalid element is not solved and has ok = 0). Inside, each element's matrices are held transposed, (m, n), so the long
 // axis is innermost for both mat-vecs.
 //
 // Threads: elements are shared out to `threads` threads (the caller's thread included) with an atomic
@@ -30,10 +31,11 @@ struct Dims {
   int64_t batch, n, m;
 };
 
-// u_1..u_L and v_0..v_L of L Sinkhorn iterations warm-started from v0 (B, m).
+// u_1..u_L and v_0..v_L of L Sinkhorn iterations warm-started from v0 (B, m), and, unless P is null,
+// the plan P = exp(S + u_L + v_L) (B, n, m) of the elements that passed their checks.
 template <typename T>
 void sinkhorn_forward(const T* C, const T* log_a, const T* log_b, const T* v0, Dims d, T tau, int iters,
-                      T* us, T* vs, uint8_t* ok, int threads);
+                      double mass_rtol, T* us, T* vs, T* P, uint8_t* ok, uint8_t* valid, int threads);
 
 // Gradients of P = exp(S + u_L + v_L) through the L iterations: grad_C (B, n, m), grad_log_a (B, n),
 // grad_log_b (B, m), grad_v0 (B, m). grad_P == nullptr means the gradient of sum_batch H(P).
@@ -46,6 +48,7 @@ void sinkhorn_backward(const T* C, const T* log_a, const T* log_b, const T* us, 
 // g = dH(sinkhorn(C'))/dC'. Writes C_T (B, n, m) and the last step's u (B, n), v (B, m); steps >= 1.
 template <typename T>
 void mesh_forward(const T* C, const T* noise, const T* log_a, const T* log_b, Dims d, T tau, T noise_scale,
-                  int steps, int iters, T lr, bool reuse_uv, T* C_T, T* u, T* v, uint8_t* ok, int threads);
+                  int steps, int iters, T lr, bool reuse_uv, double mass_rtol, T* C_T, T* u, T* v, uint8_t* ok,
+                  uint8_t* valid, int threads);
 
 }  // namespace ot

@@ -34,7 +34,8 @@ def check_tau(tau: float, name: str = "tau") -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {tau!r}")
 
 
-def check_ot_inputs(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mass_rtol: float = 1e-4) -> None:
+def check_ot_inputs(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mass_rtol: float = 1e-4,
+                    values: bool = True) -> None:
     """Check a batch of OT problems.
 
     Args:
@@ -42,6 +43,8 @@ def check_ot_inputs(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mass_rtol
         a: (B, n) row marginals, >= 0, finite, not all zero.
         b: (B, m) column marginals, >= 0, finite, not all zero.
         mass_rtol: allowed relative difference between ``a[k].sum()`` and ``b[k].sum()``.
+        values: also check the values (False: types and shapes only, for a kernel that checks the
+            values as it reads them and calls this again with True when one fails).
 
     Raises:
         ValueError naming the argument, and the first offending batch element where there is one.
@@ -64,7 +67,7 @@ def check_ot_inputs(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mass_rtol
         raise ValueError(f"C, a and b must share a dtype, got {C.dtype}, {a.dtype}, {b.dtype}")
     if a.device != C.device or b.device != C.device:
         raise ValueError(f"C, a and b must be on one device, got {C.device}, {a.device}, {b.device}")
-    if B == 0:
+    if B == 0 or not values:
         return
     with torch.no_grad():
         if _values_ok(C, a, b, mass_rtol):

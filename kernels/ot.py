@@ -89,6 +89,16 @@ def _check_scale(C: torch.Tensor, tau: float) -> None:
         raise ValueError(f"C / tau overflows {C.dtype}: max |C| = {cmax:.3g}, tau = {tau!r}")
 
 
+def _check_values(C, a, b, u, v, tau, noise=None) -> None:
+    """All value checks of ``sinkhorn`` / ``mesh``, in the order of their error messages."""
+    check_ot_inputs(C, a, b)
+    _check_warm_start(C, u, v)
+    if noise is not None and not bool(torch.isfinite(noise.detach().sum())):
+        if not bool(torch.isfinite(noise).all()):
+            raise ValueError("noise has NaN or Inf entries")
+    _check_scale(C, tau)
+
+
 def _check_like(t, name: str, shape, C: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
@@ -98,14 +108,18 @@ def _check_like(t, name: str, shape, C: torch.Tensor) -> None:
         raise ValueError(f"{name} must have C's dtype and device ({C.dtype}, {C.device}), got {t.dtype}, {t.device}")
 
 
-def _check_warm_start(C: torch.Tensor, u, v) -> None:
+def _check_warm_start(C: torch.Tensor, u, v, values: bool = True) -> None:
+    """Shapes of the warm starts, and (``values``) their values; u is checked for NaN either way."""
     B, n, m = C.shape
     if u is not None:
         _check_like(u, "u", (B, n), C)
-        if torch.isnan(u).any():
-            raise ValueError("warm-start u has NaN entries")
+        if torch.isnan(u.detach().sum()):  # NaN, or +inf and -inf together
+            if torch.isnan(u).any():
+                raise ValueError("warm-start u has NaN entries")
     if v is not None:
         _check_like(v, "v", (B, m), C)
+        if not values:
+            return
         with torch.no_grad():
             if torch.isnan(v).any() or (v == math.inf).any():
                 raise ValueError("warm-start v has NaN or +Inf entries")
@@ -117,9 +131,13 @@ class _Sinkhorn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, C, a, b, v0, tau, n_iters, be):
         log_a, log_b = torch.log(a), torch.log(b)
-        us, vs = be.sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0)
-        u, v = us[-1], vs[-1]
-        P = torch.div(C, -tau).add_(u[:, :, None]).add_(v[:, None, :]).exp_()  # (B, n, m)
+        if hasattr(be, "sinkhorn_fwd_plan"):  # the plan from the same pass
+            us, vs, P = be.sinkhorn_fwd_plan(C, log_a, log_b, tau, n_iters, v0)
+            u, v = us[-1], vs[-1]
+        else:
+            us, vs = be.sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0)
+            u, v = us[-1], vs[-1]
+            P = torch.div(C, -tau).add_(u[:, :, None]).add_(v[:, None, :]).exp_()  # (B, n, m)
         ctx.save_for_backward(C, a, b, log_a, log_b, us, vs)
         ctx.tau, ctx.be = tau, be
         u, v = u.clone(), v.clone()
@@ -176,15 +194,21 @@ def sinkhorn(C, a, b, n_iters=5, tau=1.0, u=None, v=None, *, backend=None):
         ValueError naming the problem for bad shapes, dtypes, non-finite costs, negative or all-zero
         marginals, unequal masses, tau <= 0, n_iters < 1 or malformed warm starts.
     """
-    check_ot_inputs(C, a, b)
+    check_ot_inputs(C, a, b, values=False)
     check_tau(tau)
     _check_int(n_iters, "n_iters", 1)
-    _check_warm_start(C, u, v)
-    _check_scale(C, tau)
     be = _pick_backend(C, backend)
+    deferred = getattr(be, "VALIDATES_INPUTS", False)  # the kernel checks the values as it reads them
+    _check_warm_start(C, u, v, values=not deferred)
+    if not deferred:
+        _check_values(C, a, b, u, v, tau)
     v0 = torch.zeros_like(b) if v is None else v
-    return _Sinkhorn.apply(C.contiguous(), a.contiguous(), b.contiguous(), v0.contiguous(),
-                           float(tau), int(n_iters), be)
+    args = (C.contiguous(), a.contiguous(), b.contiguous(), v0.contiguous(), float(tau), int(n_iters))
+    try:
+        return _Sinkhorn.apply(*args, be)
+    except cpp_ot.InvalidInput:
+        _check_values(C, a, b, u, v, tau)  # names the problem
+        return _Sinkhorn.apply(*args, torch_ot)  # (the kernel's float64 mass test is a hair stricter)
 
 
 def mesh(C, a, b, n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise=None, noise_scale=1e-3, reuse_uv=True,
@@ -213,7 +237,7 @@ def mesh(C, a, b, n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise=None, noise_scale=
         C2 (B, n, m) the moved costs; u (B, n), v (B, m) the potentials of the last step's Sinkhorn,
         or None, None when ``reuse_uv`` is False or ``n_mesh_iters`` is 0.
     """
-    check_ot_inputs(C, a, b)
+    check_ot_inputs(C, a, b, values=False)
     check_tau(tau)
     _check_int(n_mesh_iters, "n_mesh_iters", 0)
     _check_int(n_sh_iters, "n_sh_iters", 1)
@@ -223,24 +247,29 @@ def mesh(C, a, b, n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise=None, noise_scale=
         noise = torch.randn_like(C)
     else:
         _check_like(noise, "noise", C.shape, C)
-        if not bool(torch.isfinite(noise).all()):
-            raise ValueError("noise has NaN or Inf entries")
-    _check_scale(C, tau)
     _check_backend(backend)
     if not straight_through and torch.is_grad_enabled() and any(t.requires_grad for t in (C, a, b, noise)):
+        _check_values(C, a, b, None, None, tau, noise)
         # the reference takes d/dC' inside every step, so C' must be on the graph even when C is not
         C_in = C if C.requires_grad else C.detach().requires_grad_(True)
         return mesh_ref(C_in, a, b, int(n_mesh_iters), int(n_sh_iters), float(lr), noise, float(noise_scale),
                         bool(reuse_uv), float(tau), straight_through=False)
     if n_mesh_iters == 0:
+        _check_values(C, a, b, None, None, tau, noise)
         C2 = C + float(noise_scale) * noise.detach()  # passes the gradient to C unchanged
         return C2, None, None
     be = _pick_backend(C, backend)
+    if not getattr(be, "VALIDATES_INPUTS", False):
+        _check_values(C, a, b, None, None, tau, noise)
     with torch.no_grad():
         log_a, log_b = torch.log(a), torch.log(b)
-    C2, u, v = _MeshStraightThrough.apply(
-        C.contiguous(), log_a.contiguous(), log_b.contiguous(), noise.detach().contiguous(), float(tau),
-        float(noise_scale), int(n_mesh_iters), int(n_sh_iters), float(lr), bool(reuse_uv), be)
+    args = (C.contiguous(), log_a.contiguous(), log_b.contiguous(), noise.detach().contiguous(), float(tau),
+            float(noise_scale), int(n_mesh_iters), int(n_sh_iters), float(lr), bool(reuse_uv))
+    try:
+        C2, u, v = _MeshStraightThrough.apply(*args, be)
+    except cpp_ot.InvalidInput:
+        _check_values(C, a, b, None, None, tau, noise)  # names the problem
+        C2, u, v = _MeshStraightThrough.apply(*args, torch_ot)
     if not reuse_uv:
         u = v = None
     return C2, u, v

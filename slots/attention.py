@@ -167,13 +167,39 @@ class SlotAttentionConfig:
 
 
 def _l2_sq(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    sq = k.pow(2).sum(2)[:, :, None] + q.pow(2).sum(2)[:, None, :] - 2 * torch.bmm(k, q.transpose(1, 2))
+    kk, qq = (k * k).sum(2), (q * q).sum(2)  # (B, n), (B, m)
+    sq = torch.baddbmm(kk[:, :, None] + qq[:, None, :], k, q.transpose(1, 2), alpha=-2)
     return sq.clamp_min(0)  # (B, n, m); cancellation can make it slightly negative
 
 
+class _L2Distance(torch.autograd.Function):
+    """||k_i - q_j|| (B, n, m) in a few fused operations, with a hand-written backward.
+
+    C = sqrt(max(|k|^2 + |q|^2 - 2 k.q, 1e-12)); the floor keeps the gradient finite where a key and a
+    query coincide (it is zero there, as the clamp's). With w = g / C (0 where floored):
+    dk_i = k_i sum_j w_ij - sum_j w_ij q_j and dq_j = q_j sum_i w_ij - sum_i w_ij k_i.
+    """
+
+    @staticmethod
+    def forward(ctx, k, q):
+        C = _l2_sq(k, q).clamp_min_(1e-12).sqrt_()
+        ctx.save_for_backward(k, q, C)
+        return C
+
+    @staticmethod
+    def backward(ctx, g):
+        k, q, C = ctx.saved_tensors
+        w = torch.where(C > 1e-6, g / C, 0.0)  # (B, n, m)
+        gk = gq = None
+        if ctx.needs_input_grad[0]:
+            gk = torch.baddbmm(k * w.sum(2, keepdim=True), w, q, alpha=-1)
+        if ctx.needs_input_grad[1]:
+            gq = torch.baddbmm(q * w.sum(1)[:, :, None], w.transpose(1, 2), k, alpha=-1)
+        return gk, gq
+
+
 def _l2(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    # The floor keeps the gradient of sqrt finite when a key and a query coincide.
-    return _l2_sq(k, q).clamp_min(1e-12).sqrt()
+    return _L2Distance.apply(k, q)
 
 
 def _cosine(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -332,6 +358,33 @@ class SlotAttention(nn.Module):
         self._check_inputs(x, slots)
         return self._input_marginal(self.norm_inputs(x)), self._slot_marginal(self.norm_slots(slots))
 
+    def _input_projections(self, x: torch.Tensor):
+        """k, v (B, n, dim) and, with learned marginals, the marginal network's hidden layer before its
+        ReLU (B, n, mlp_hidden).
+
+        With LN(x) = gamma * xhat + beta, a linear map of LN(x) is W LN(x) + c = xhat (W gamma)^T +
+        (W beta + c): the LayerNorm's affine is folded into the (small) weights. The values are those
+        of applying the modules one by one, but when x needs no gradient (raw inputs, as in the
+        random-objects task) no gradient of size (B, n, input_dim) is formed and pushed back through
+        the LayerNorm: the gradients of W, gamma and beta come from xhat^T times each output's gradient.
+        """
+        ln = self.norm_inputs
+        xhat = F.layer_norm(x, ln.normalized_shape, eps=ln.eps)  # (B, n, input_dim), no affine
+
+        def folded(linear: nn.Linear) -> torch.Tensor:
+            c = linear.weight @ ln.bias
+            return F.linear(xhat, linear.weight * ln.weight, c if linear.bias is None else c + linear.bias)
+
+        hidden = None
+        if self._variant.is_ot and self.config.ot.learned_marginals:
+            hidden = folded(self.input_marginal[0])
+        return folded(self.to_k), folded(self.to_v), hidden
+
+    def _input_marginal_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """a (B, n) from the pre-ReLU hidden layer (B, n, mlp_hidden) of ``_input_projections``."""
+        rest = self.input_marginal[1:]  # ReLU, Linear(hidden, 1)
+        return self.config.n_slots * torch.softmax(rest(hidden).squeeze(2), dim=1)
+
     def _check_inputs(self, x, slots) -> None:
         cfg = self.config
         if not isinstance(x, torch.Tensor):
@@ -394,9 +447,13 @@ class SlotAttention(nn.Module):
         self._check_inputs(x, slots)
         cfg = self.config
         B, n, _ = x.shape
-        xn = self.norm_inputs(x)
-        k, v = self.to_k(xn), self.to_v(xn)  # (B, n, dim)
-        a = self._input_marginal(xn) if self._variant.is_ot else None  # (B, n)
+        k, v, hidden = self._input_projections(x)  # (B, n, dim) each: to_k, to_v of LN(x)
+        if hidden is not None:
+            a = self._input_marginal_from_hidden(hidden)  # (B, n)
+        elif self._variant.is_ot:
+            a = x.new_full((B, n), cfg.n_slots / n)
+        else:
+            a = None
         noise = torch.randn(B, n, cfg.n_slots, device=x.device, dtype=x.dtype) if self._variant.needs_noise else None
         if slots is None:
             slots = self._init(self, B, x.device, x.dtype)

@@ -25,7 +25,8 @@ def _problem(B, n, m, seed):
 
 
 def test_exports_and_constants():
-    assert sorted(emd_cpp.__all__) == sorted(["solve_batch", "Status", "SUPPLY_TOTAL", "cost_bits", "cache_stats"])
+    assert sorted(emd_cpp.__all__) == sorted(["solve_batch", "Status", "SUPPLY_TOTAL", "cost_bits", "cache_stats",
+                                              "sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd"])
     assert emd_cpp.SUPPLY_TOTAL == 2**52
     S = emd_cpp.Status
     codes = [S.OPTIMAL, S.INFEASIBLE, S.UNBOUNDED, S.INVALID_COST, S.INVALID_MARGINAL, S.MASS_MISMATCH, S.NOT_SOLVED]

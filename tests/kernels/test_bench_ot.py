@@ -10,8 +10,9 @@ each against the naive baseline of kernels/reference.py ("naive": autograd throu
 log-domain Sinkhorn, and for MESH ``torch.autograd.grad`` of the entropy at every step, as written from
 Eq. 11-12) and, for Sinkhorn, POT's log-domain Sinkhorn on the same torch tensors, one problem at a time
 ("pot": POT has no batched log-domain solver with a separate cost matrix per problem).
-The role "compiled" is our PyTorch path under torch.compile (``backend="compile"``, kernels/compiled_ot.py);
-its compile happens in the warm-up round and is not timed. The table printed at the end gives the ratios
+The role "ours" is the default CPU path (the fused C++ loops of kernels/cpp_ot.py); "torch" is the plain
+PyTorch path (``backend="torch"``, kernels/torch_ot.py) and "compiled" that path under torch.compile
+(``backend="compile"``, kernels/compiled_ot.py; its compile happens in the warm-up round, not timed). The table printed at the end gives the ratios
 to the baseline (conftest.py).
 
 CPU runs use OT_BENCH_THREADS torch threads (default 1): on a small machine shared with other jobs,
@@ -129,12 +130,13 @@ def _sinkhorn_ref(C, a, b, n_iters, u=None, v=None):
 # CPU
 # ------------------------------------------------------------------------------------------------
 
-SINKHORN_ROLES = {"ours": sinkhorn, "naive": _sinkhorn_ref,
+SINKHORN_ROLES = {"ours": sinkhorn, "naive": _sinkhorn_ref, "torch": functools.partial(sinkhorn, backend="torch"),
                   "compiled": functools.partial(sinkhorn, backend="compile")}
-MESH_ROLES = {"ours": mesh, "naive": mesh_ref, "compiled": functools.partial(mesh, backend="compile")}
+MESH_ROLES = {"ours": mesh, "naive": mesh_ref, "torch": functools.partial(mesh, backend="torch"),
+              "compiled": functools.partial(mesh, backend="compile")}
 
 
-@pytest.mark.parametrize("role", ["ours", "naive", "compiled", "pot"])
+@pytest.mark.parametrize("role", ["ours", "naive", "torch", "compiled", "pot"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_bench_sinkhorn_fwd(benchmark, bench_record, shape, role):
     benchmark.group = f"sinkhorn fwd {_id(shape)}"
@@ -147,7 +149,7 @@ def test_bench_sinkhorn_fwd(benchmark, bench_record, shape, role):
     assert torch.isfinite(P).all()
 
 
-@pytest.mark.parametrize("role", ["ours", "naive", "compiled", "pot"])
+@pytest.mark.parametrize("role", ["ours", "naive", "torch", "compiled", "pot"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_bench_sinkhorn_fwd_bwd(benchmark, bench_record, shape, role):
     benchmark.group = f"sinkhorn fwd+bwd {_id(shape)}"
@@ -161,7 +163,7 @@ def test_bench_sinkhorn_fwd_bwd(benchmark, bench_record, shape, role):
     assert torch.isfinite(g).all()
 
 
-@pytest.mark.parametrize("role", ["ours", "naive", "compiled"])
+@pytest.mark.parametrize("role", ["ours", "naive", "torch", "compiled"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_bench_mesh_fwd(benchmark, bench_record, shape, role):
     benchmark.group = f"mesh fwd {_id(shape)}"
@@ -171,7 +173,7 @@ def test_bench_mesh_fwd(benchmark, bench_record, shape, role):
     assert torch.isfinite(C2).all()
 
 
-@pytest.mark.parametrize("role", ["ours", "naive", "compiled"])
+@pytest.mark.parametrize("role", ["ours", "naive", "torch", "compiled"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_bench_sa_mesh_fwd_bwd(benchmark, bench_record, shape, role):
     benchmark.group = f"mesh+sinkhorn fwd+bwd {_id(shape)}"

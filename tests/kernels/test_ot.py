@@ -463,9 +463,9 @@ def test_empty_batch():
 @pytest.mark.parametrize("backend,module", [(None, cpp_ot), ("cpp", cpp_ot), ("torch", torch_ot)])
 def test_cpu_dispatch(backend, module, monkeypatch):
     calls = []
-    for mod in (cpp_ot, torch_ot):
-        fwd = mod.sinkhorn_fwd
-        monkeypatch.setattr(mod, "sinkhorn_fwd", lambda *args, _m=mod, _f=fwd: calls.append(_m) or _f(*args))
+    for mod, name in ((cpp_ot, "sinkhorn_fwd_plan"), (torch_ot, "sinkhorn_fwd")):
+        fwd = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *args, _m=mod, _f=fwd: calls.append(_m) or _f(*args))
     C, a, b = _problem(1, 4, 2, seed=25)
     sinkhorn(C, a, b, backend=backend)
     assert calls == [module]

@@ -262,3 +262,47 @@ def test_bad_inputs_raise_value_error():
     for x, s, msg in cases:
         with pytest.raises(ValueError, match=msg):
             sa(x, slots=s)
+
+
+def test_l2_cost_matches_cdist_with_finite_gradients():
+    k = torch.randn(3, 7, 4, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(COSTS["l2"](k, q), torch.cdist(k, q), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(COSTS["l2"], (k, q))
+    k2 = k.detach().clone()
+    k2[0, 0] = q[0, 0].detach()  # a key on a query: the distance is floored, its gradient is zero
+    k2.requires_grad_(True)
+    COSTS["l2"](k2, q).sum().backward()
+    assert torch.isfinite(k2.grad).all() and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_folded_input_projections_equal_the_modules(learned):
+    """k, v and the marginal network's hidden layer come from xhat with the LayerNorm folded into the
+    weights: values and parameter gradients as applying LayerNorm, to_k, to_v and h_a one by one."""
+    sa = make("sa-sh", "l2", ot=OTConfig(learned_marginals=learned)).double()
+    with torch.no_grad():
+        sa.norm_inputs.weight.uniform_(0.5, 1.5)
+        sa.norm_inputs.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 10, 6, dtype=torch.float64)
+    params = [p for p in sa.parameters()]
+
+    def grads(k, v, hidden):
+        loss = (k * torch.arange(k.shape[2], dtype=k.dtype)).sum() + v.pow(2).sum()
+        if hidden is not None:
+            loss = loss + sa._input_marginal_from_hidden(hidden).pow(2).sum()
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    k, v, hidden = sa._input_projections(x)
+    xn = sa.norm_inputs(x)
+    k_ref, v_ref = sa.to_k(xn), sa.to_v(xn)
+    h_ref = sa.input_marginal[0](xn) if learned else None
+    assert (hidden is None) == (not learned)
+    torch.testing.assert_close(k, k_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(v, v_ref, rtol=1e-12, atol=1e-12)
+    if learned:
+        torch.testing.assert_close(hidden, h_ref, rtol=1e-12, atol=1e-12)
+    for g, g_ref in zip(grads(k, v, hidden), grads(k_ref, v_ref, h_ref)):
+        assert (g is None) == (g_ref is None)
+        if g is not None:
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)

@@ -466,3 +466,20 @@ def _child(argv):
 
 if __name__ == "__main__":
     _child(sys.argv[1:])
+
+
+def test_retain_freed_memory(monkeypatch):
+    import slots.train as train_module
+
+    monkeypatch.setattr(train_module, "_malloc_retained", False)
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
+    assert train_module.retain_freed_memory() is False  # the user's malloc settings win
+    monkeypatch.delenv("MALLOC_TOP_PAD_")
+    for name in train_module._MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    applied = train_module.retain_freed_memory()
+    import platform
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied is True and train_module.retain_freed_memory() is True
+    else:
+        assert applied is False
