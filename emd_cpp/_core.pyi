@@ -1,4 +1,4 @@
-"""Type stub for the compiled module emd_cpp._core (sources: module.cpp, batch.cpp, transport.cpp)."""
+"""Type stub for the compiled module emd_cpp._core (sources: module.cpp, batch.cpp, transport.cpp, sinkhorn.cpp)."""
 from typing import ClassVar
 
 import numpy as np
@@ -39,3 +39,25 @@ def solve_batch(
     problems being solved and raises. Each problem is checked before it is solved; an invalid one
     gets INVALID_COST, INVALID_MARGINAL or MASS_MISMATCH and a zero plan.
     """
+
+# Fused CPU Sinkhorn / MESH loops (sinkhorn.cpp); the public API is kernels.sinkhorn / kernels.mesh.
+# Arrays are C-contiguous float32 or float64 (all of one dtype); ok / valid are uint8 per batch element.
+
+def sinkhorn_fwd(
+    C: npt.ArrayLike, log_a: npt.ArrayLike, log_b: npt.ArrayLike, v0: npt.ArrayLike, tau: float, n_iters: int,
+    threads: int, want_plan: bool = False, mass_rtol: float = 1e-4,
+) -> tuple[npt.NDArray, npt.NDArray, npt.NDArray | None, npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """(us (L, B, n), vs (L + 1, B, m), P (B, n, m) or None, ok (B,), valid (B,))."""
+
+def sinkhorn_bwd(
+    C: npt.ArrayLike, log_a: npt.ArrayLike, log_b: npt.ArrayLike, us: npt.ArrayLike, vs: npt.ArrayLike,
+    grad_P: npt.ArrayLike | None, tau: float, threads: int,
+) -> tuple[npt.NDArray, npt.NDArray, npt.NDArray, npt.NDArray, npt.NDArray[np.uint8]]:
+    """(grad_C (B, n, m), grad_log_a (B, n), grad_log_b (B, m), grad_v0 (B, m), ok (B,))."""
+
+def mesh_fwd(
+    C: npt.ArrayLike, noise: npt.ArrayLike, log_a: npt.ArrayLike, log_b: npt.ArrayLike, tau: float,
+    noise_scale: float, n_mesh_iters: int, n_iters: int, lr: float, reuse_uv: bool, threads: int,
+    mass_rtol: float = 1e-4,
+) -> tuple[npt.NDArray, npt.NDArray, npt.NDArray, npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """(C_T (B, n, m), u (B, n), v (B, m), ok (B,), valid (B,))."""

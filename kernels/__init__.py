@@ -8,7 +8,8 @@ Public API:
     mesh(C, a, b, ...)           -> C2, u, v    MESH costs (Eq. 9-12), straight-through gradients
     emd(C, a, b)                 -> P           exact OT plans (LEMON network simplex, C++ threads)
     emd_attention(C, a, b, ...)  -> A           SA-EMD attention emd(C) + sinkhorn(C) (Eq. 8)
-On CPU tensors these run the PyTorch path (``kernels.torch_ot``); on CUDA tensors the Triton kernels
+On CPU tensors these run the fused C++ loops (``kernels.cpp_ot``, falling back per batch element to the
+PyTorch path ``kernels.torch_ot``, which ``backend="torch"`` selects); on CUDA tensors the Triton kernels
 (``kernels.triton_ot``). ``kernels.reference`` holds the plain-autograd referees.
 """
 from .exact import emd, emd_attention

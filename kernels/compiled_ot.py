@@ -1,4 +1,5 @@
-"""The PyTorch path under ``torch.compile``: the CPU fast path for the small problems of slot attention.
+"""The PyTorch path under ``torch.compile`` (``backend="compile"``; on CPU the default C++ loops of
+``kernels.cpp_ot`` are faster at every measured shape, see BENCHMARKS.md).
 
 Why. At slot-attention sizes such as (B, n, m) = (64, 105, 5) every operation of ``kernels.torch_ot``
 touches only ~34k numbers, so a MESH call (4 steps of 5 Sinkhorn iterations, forward and hand-written

@@ -208,7 +208,7 @@ def sinkhorn(C, a, b, n_iters=5, tau=1.0, u=None, v=None, *, backend=None):
         return _Sinkhorn.apply(*args, be)
     except cpp_ot.InvalidInput:
         _check_values(C, a, b, u, v, tau)  # names the problem
-        return _Sinkhorn.apply(*args, torch_ot)  # (the kernel's float64 mass test is a hair stricter)
+        return _Sinkhorn.apply(*args, torch_ot)  # valid after all (the kernel sums masses in float64)
 
 
 def mesh(C, a, b, n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise=None, noise_scale=1e-3, reuse_uv=True,

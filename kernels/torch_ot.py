@@ -1,6 +1,8 @@
 """PyTorch path of the OT kernels: batched unrolled Sinkhorn, its hand-written backward, and MESH.
 
-This is what CPU users run (and the fallback on CUDA when Triton is missing). It implements the backend
+This is the plain PyTorch implementation (``backend="torch"``; on CPU the default path is the fused C++
+loops of ``kernels.cpp_ot``, which are tested against this one and fall back to it per batch element;
+on CUDA it is the fallback when Triton is missing). It implements the backend
 contract shared with ``kernels.triton_ot`` (``sinkhorn_fwd``, ``sinkhorn_bwd``, ``mesh_fwd``); the
 public, validated, differentiable functions are ``kernels.sinkhorn`` and ``kernels.mesh``.
 

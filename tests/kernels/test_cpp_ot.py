@@ -196,3 +196,24 @@ def test_empty_batch():
     assert us.shape == (2, 0, 4) and vs.shape == (3, 0, 3)
     C2, u, v = cpp_ot.mesh_fwd(C, la, lb, 1.0, noise, 1e-3, 2, 2, 8.0, True)
     assert C2.shape == (0, 4, 3) and u.shape == (0, 4) and v.shape == (0, 3)
+
+
+def test_a_kernel_flag_that_the_python_checks_do_not_confirm_falls_back_to_the_torch_path(monkeypatch):
+    """The kernel's mass test (float64 sums of exp(log a)) and the Python one (a.sum()) can disagree
+    at the tolerance's edge: the inputs are then valid, and the call is answered by the PyTorch path."""
+    from kernels import mesh, sinkhorn
+
+    C, la, lb, v0, noise = _problem(2, 8, 3, seed=9)
+    a, b = la.exp(), lb.exp()
+
+    def refuse(*args, **kwargs):
+        raise cpp_ot.InvalidInput("forced")
+
+    P_ref = sinkhorn(C, a, b, 3, v=v0, backend="torch")[0]
+    C2_ref = mesh(C, a, b, 2, 3, noise=noise, backend="torch")[0]
+    monkeypatch.setattr(cpp_ot, "sinkhorn_fwd_plan", refuse)
+    monkeypatch.setattr(cpp_ot, "mesh_fwd", refuse)
+    torch.testing.assert_close(sinkhorn(C, a, b, 3, v=v0)[0], P_ref)
+    torch.testing.assert_close(mesh(C, a, b, 2, 3, noise=noise)[0], C2_ref)
+    with pytest.raises(ValueError, match="marginal a has negative entries"):
+        sinkhorn(C, -a, b, 3)
