@@ -70,7 +70,6 @@ py::tuple solve_batch(const Array& C, const Array& a, const Array& b, int num_th
   return py::make_tuple(P, status);
 }
 
-
 // --- Sinkhorn / MESH (sinkhorn.hpp). Values are checked per element by the loops (the `valid` output);
 // the checks here are of shapes, so that a wrong call fails with a message, not a crash.
 

@@ -9,6 +9,7 @@ import math
 import torch
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+MASS_RTOL = 1e-4  # allowed relative difference of the row and column masses
 
 
 def _first_bad(mask: torch.Tensor) -> int:
@@ -34,7 +35,7 @@ def check_tau(tau: float, name: str = "tau") -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {tau!r}")
 
 
-def check_ot_inputs(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mass_rtol: float = 1e-4,
+def check_ot_inputs(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mass_rtol: float = MASS_RTOL,
                     values: bool = True) -> None:
     """Check a batch of OT problems.
 

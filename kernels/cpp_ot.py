@@ -23,6 +23,7 @@ import torch
 import emd_cpp
 
 from . import torch_ot
+from ._checks import MASS_RTOL
 
 __all__ = ["sinkhorn_fwd", "sinkhorn_fwd_plan", "sinkhorn_bwd", "mesh_fwd", "InvalidInput", "VALIDATES_INPUTS"]
 
@@ -31,11 +32,11 @@ __all__ = ["sinkhorn_fwd", "sinkhorn_fwd_plan", "sinkhorn_bwd", "mesh_fwd", "Inv
 # their own passes over the inputs; a failing element raises InvalidInput, and the public function then
 # runs the Python checks to name the problem.
 VALIDATES_INPUTS = True
-MASS_RTOL = 1e-4  # kernels._checks.check_ot_inputs' default
 
 
 class InvalidInput(ValueError):
     """Some batch element's inputs fail the value checks (found by the C++ loops)."""
+
 
 _WORK_PER_THREAD = 1 << 20  # n * m * Sinkhorn iterations per thread before a second one pays for its start
 

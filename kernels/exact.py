@@ -54,13 +54,12 @@ import torch
 
 import emd_cpp
 
-from ._checks import check_ot_inputs, check_tau
+from ._checks import MASS_RTOL, check_ot_inputs, check_tau
 from .ot import sinkhorn
 
 __all__ = ["emd", "emd_attention"]
 
 _NUMPY_FLOATS = (np.float32, np.float64)
-_MASS_RTOL = 1e-4  # check_ot_inputs' default
 
 
 def _default_threads() -> int:
@@ -166,8 +165,8 @@ def emd(C, a, b, num_threads=None):
     _check_metadata(Ct, at, bt)
     threads = _check_num_threads(num_threads)
     a64, b64 = _to_solver(a), _to_solver(b)
-    P, status = emd_cpp.solve_batch(_to_solver(C), a64, b64, threads, _MASS_RTOL)
-    _raise_for_status(status, a64, b64, _MASS_RTOL)
+    P, status = emd_cpp.solve_batch(_to_solver(C), a64, b64, threads, MASS_RTOL)
+    _raise_for_status(status, a64, b64, MASS_RTOL)
     if isinstance(C, np.ndarray):
         return P.astype(C.dtype.newbyteorder("="), copy=False)
     P = torch.from_numpy(P.astype(np.float32, copy=False) if Ct.dtype == torch.float32 else P)

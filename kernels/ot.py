@@ -198,9 +198,9 @@ def sinkhorn(C, a, b, n_iters=5, tau=1.0, u=None, v=None, *, backend=None):
     check_tau(tau)
     _check_int(n_iters, "n_iters", 1)
     be = _pick_backend(C, backend)
-    deferred = getattr(be, "VALIDATES_INPUTS", False)  # the kernel checks the values as it reads them
-    _check_warm_start(C, u, v, values=not deferred)
-    if not deferred:
+    if getattr(be, "VALIDATES_INPUTS", False):  # the kernel checks the values as it reads them
+        _check_warm_start(C, u, v, values=False)
+    else:
         _check_values(C, a, b, u, v, tau)
     v0 = torch.zeros_like(b) if v is None else v
     args = (C.contiguous(), a.contiguous(), b.contiguous(), v0.contiguous(), float(tau), int(n_iters))

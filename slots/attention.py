@@ -328,12 +328,14 @@ class SlotAttention(nn.Module):
             self.slots_log_sigma = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, 1, d)))
 
     # -----------------------------------------------------------------------------------------------
-    def _input_marginal(self, xn: torch.Tensor) -> torch.Tensor:
-        """xn (B, n, input_dim) normalized inputs -> a (B, n), summing to n_slots."""
+    def _input_marginal(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+        """a (B, n), summing to n_slots, from the marginal network's hidden layer before its ReLU
+        (B, n, mlp_hidden), or uniform when ``hidden`` is None. x (B, n, .) gives shape, dtype and device."""
         m = self.config.n_slots
-        if self.config.ot.learned_marginals:
-            return m * torch.softmax(self.input_marginal(xn).squeeze(2), dim=1)
-        return xn.new_full(xn.shape[:2], m / xn.shape[1])
+        if hidden is None:
+            return x.new_full(x.shape[:2], m / x.shape[1])
+        rest = self.input_marginal[1:]  # ReLU, Linear(hidden, 1)
+        return m * torch.softmax(rest(hidden).squeeze(2), dim=1)
 
     def _slot_marginal(self, zn: torch.Tensor) -> torch.Tensor:
         """zn (B, m, dim) normalized slots -> b (B, m), summing to n_slots."""
@@ -356,7 +358,9 @@ class SlotAttention(nn.Module):
         if not self._variant.is_ot:
             raise ValueError(f"variant {self.config.variant!r} has no OT marginals")
         self._check_inputs(x, slots)
-        return self._input_marginal(self.norm_inputs(x)), self._slot_marginal(self.norm_slots(slots))
+        xn = self.norm_inputs(x)
+        hidden = self.input_marginal[0](xn) if self.config.ot.learned_marginals else None
+        return self._input_marginal(xn, hidden), self._slot_marginal(self.norm_slots(slots))
 
     def _input_projections(self, x: torch.Tensor):
         """k, v (B, n, dim) and, with learned marginals, the marginal network's hidden layer before its
@@ -379,11 +383,6 @@ class SlotAttention(nn.Module):
         if self._variant.is_ot and self.config.ot.learned_marginals:
             hidden = folded(self.input_marginal[0])
         return folded(self.to_k), folded(self.to_v), hidden
-
-    def _input_marginal_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """a (B, n) from the pre-ReLU hidden layer (B, n, mlp_hidden) of ``_input_projections``."""
-        rest = self.input_marginal[1:]  # ReLU, Linear(hidden, 1)
-        return self.config.n_slots * torch.softmax(rest(hidden).squeeze(2), dim=1)
 
     def _check_inputs(self, x, slots) -> None:
         cfg = self.config
@@ -448,12 +447,7 @@ class SlotAttention(nn.Module):
         cfg = self.config
         B, n, _ = x.shape
         k, v, hidden = self._input_projections(x)  # (B, n, dim) each: to_k, to_v of LN(x)
-        if hidden is not None:
-            a = self._input_marginal_from_hidden(hidden)  # (B, n)
-        elif self._variant.is_ot:
-            a = x.new_full((B, n), cfg.n_slots / n)
-        else:
-            a = None
+        a = self._input_marginal(x, hidden) if self._variant.is_ot else None  # (B, n)
         noise = torch.randn(B, n, cfg.n_slots, device=x.device, dtype=x.dtype) if self._variant.needs_noise else None
         if slots is None:
             slots = self._init(self, B, x.device, x.dtype)

@@ -290,7 +290,7 @@ def test_folded_input_projections_equal_the_modules(learned):
     def grads(k, v, hidden):
         loss = (k * torch.arange(k.shape[2], dtype=k.dtype)).sum() + v.pow(2).sum()
         if hidden is not None:
-            loss = loss + sa._input_marginal_from_hidden(hidden).pow(2).sum()
+            loss = loss + sa._input_marginal(x, hidden).pow(2).sum()
         return torch.autograd.grad(loss, params, allow_unused=True)
 
     k, v, hidden = sa._input_projections(x)
