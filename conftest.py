@@ -22,6 +22,16 @@ def pytest_configure(config):
         config.option.benchmark_skip = True
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: for small models, two threads that wait on each other on a machine
+    shared with other jobs are many times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 _RESULTS = {}  # group -> {role: (median seconds, note)}
 
 

@@ -16,7 +16,9 @@ objects outside the crop are in the metadata but not in the mask, as in the real
 Real: the ``clevrtex_<variant>`` folder (any sub-folders) with ``CLEVRTEX_<variant>_NNNNNN.png`` (image),
 ``CLEVRTEX_<variant>_NNNNNN_flat.png`` (object index mask) and ``CLEVRTEX_<variant>_NNNNNN.json``
 (metadata with an ``objects`` list). Splits are index ranges of the sorted file numbers as in the
-benchmark's loader: test [0, 10%), val [10%, 20%), train [20%, 100%).
+benchmark's loader: test [0, 10%), val [10%, 20%), train [20%, 100%); the ``outd`` (out-of-distribution)
+variant has no splits there, so every split of it is the whole set, as there. For the 50,000 images of
+``full`` this gives the official MESH configuration's test [0, 5,000) and train [10,000, 50,000).
 
 Known limits: ClevrTex's fourth shape (Suzanne, the monkey head) is not generated; the 60 scanned
 materials are stood in for by 16 procedural ones.
@@ -63,6 +65,7 @@ TEX_MATERIALS = {
 # Generated split -> (stream id, default size); real split -> fraction range of the sorted index.
 SPLITS = {"train": (0, 40_000), "val": (1, 5_000), "test": (2, 5_000)}
 REAL_SPLITS = {"test": (0.0, 0.1), "val": (0.1, 0.2), "train": (0.2, 1.0)}
+UNSPLIT_VARIANTS = ("outd",)  # the benchmark's loader gives every split of these the whole set
 BLOCK = 32
 _GROUND_FREQ_SCALE = 0.5
 _MAT_NAMES = tuple(TEX_MATERIALS)
@@ -199,7 +202,7 @@ def read_clevrtex(data_dir: str | Path, split: str = "train", variant: str = "fu
     """Read a split of the real ClevrTex data (``data_dir`` is ``clevrtex_<variant>`` or its parent).
 
     Args:
-        split: "train", "val" or "test" (index ranges, see the module docstring).
+        split: "train", "val" or "test" (index ranges, see the module docstring; the whole set for "outd").
         variant: "full", "camo", "grassbg", "pbg", "vbg" or "outd" (file-name infix).
         max_images: read only the first this-many images of the split.
         crop, size: centre crop and resize (``crop_and_resize``); size None keeps the cropped size.
@@ -232,7 +235,7 @@ def read_clevrtex(data_dir: str | Path, split: str = "train", variant: str = "fu
     if missing:
         more = " ..." if len(missing) > 10 else ""
         raise DataFormatError(f"ClevrTex: {root} lacks image numbers {missing[:10]}{more}")
-    lo, hi = REAL_SPLITS[split]
+    lo, hi = (0.0, 1.0) if variant.lower() in UNSPLIT_VARIANTS else REAL_SPLITS[split]
     n = len(numbers)
     chosen = numbers[int(lo * n):int(hi * n)]
     if max_images is not None:

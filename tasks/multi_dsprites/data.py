@@ -1,27 +1,34 @@
-"""Multi-dSprites (colored-on-colored) for object discovery (Sec. 5.3, App. F.3): generator and real-data readers.
+"""Multi-dSprites for object discovery (Sec. 5.3, App. F.3): generator and real-data readers.
 
-Generated (the embedded default): each 64x64 image holds 1-4 sprites (count uniform) of dSprites' three shapes
-(square, ellipse, heart) on a uniformly coloured background, as in DeepMind's ``multi_object_datasets``
-"colored sprites and background" variant: every colour (background and sprites) is a uniformly random RGB
-value, and each sprite's latents are drawn from dSprites' grids (scale: 6 values in [0.5, 1]; orientation: 40
-values in [0, 2*pi]; x and y: 32 values in [0, 1]). Sprites are binary (no anti-aliasing) and drawn in order,
-later ones occluding earlier ones, so the index mask (0 = background, k = the k-th drawn sprite) partitions
-the image. Rendering is vectorised with numpy over chunks of images; 60,000 images take a few seconds.
+The paper follows Locatello et al. (2020), who follow IODINE: DeepMind's "colored sprites on a grayscale
+background" variant with 2-5 sprites per image (6 slots). That is the default here (``DEFAULT_VARIANT``);
+"colored_on_colored" (1-4 sprites on a coloured background) is the option (``VARIANTS``).
+
+Generated (the embedded default): each 64x64 image holds min-max sprites (count uniform) of dSprites' three
+shapes (square, ellipse, heart). Every sprite colour is a uniformly random RGB value; the background is a
+uniform random grey level (R = G = B) for "colored_on_grayscale" and a random RGB value for
+"colored_on_colored". Each sprite's latents are drawn from dSprites' grids (scale: 6 values in [0.5, 1];
+orientation: 40 values in [0, 2*pi]; x and y: 32 values in [0, 1]). Sprites are binary (no anti-aliasing)
+and drawn in order, later ones occluding earlier ones, so the index mask (0 = background, k = the k-th drawn
+sprite) partitions the image. Rendering is vectorised with numpy over chunks of images; 60,000 images take a
+few seconds.
 
 Real data, read without TensorFlow:
-- DeepMind's TFRecord file ``multi_dsprites_colored_on_colored.tfrecords`` (GZIP): per Example, ``image`` is a
-  bytes_list of 64*64*3 one-byte strings (H, W, C order) and ``mask`` a bytes_list of 64*64*E one-byte strings
-  in (H, W, E, 1) order (their reader parses it as FixedLenFeature(IMAGE_SIZE + [E, 1]) and transposes to
-  (E, H, W, 1)); E = 5 for colored_on_colored (background + 4 objects), 4 for binarized, 6 for
-  colored_on_grayscale. A single raw string per feature is accepted as well.
+- DeepMind's TFRecord files ``multi_dsprites_<variant>.tfrecords`` (GZIP; the default file is
+  ``multi_dsprites_colored_on_grayscale.tfrecords``): per Example, ``image`` is a bytes_list of 64*64*3
+  one-byte strings (H, W, C order) and ``mask`` a bytes_list of 64*64*E one-byte strings in (H, W, E, 1)
+  order (their reader parses it as FixedLenFeature(IMAGE_SIZE + [E, 1]) and transposes to (E, H, W, 1));
+  E = 6 for colored_on_grayscale (background + 5 objects), 5 for colored_on_colored, 4 for binarized. A
+  single raw string per feature is accepted as well.
 - The HDF5 layout of earlier PyTorch ports: datasets ``images`` (N, H, W, 3) or (N, 3, H, W) (uint8, or float
   in [0, 1]) and ``masks`` (index maps (N, H, W[, 1]), or per-entity masks (N, E, H, W[, 1]) or
   (N, H, W, E, 1)), at the top level or inside one group per split.
 Per-entity masks become index maps by argmax over entities, so entity e (0 = background) becomes index e.
+A corrupt record (CRC or protobuf), a missing image or mask feature, or a feature of the wrong size is a
+``DataFormatError`` naming the file and the record.
 
-Splits: our convention is that the real file's first 60,000 records are ``train`` (the paper's 530 epochs of
-batch 64 are "slightly fewer than 500k steps", i.e. about 60k images), the next 1,000 ``val`` and the next
-1,000 ``test``; generated splits have the same sizes and independent seeds.
+Splits (``SPLITS``), as the official MESH configuration: the file's first 60,000 records are ``train``, the
+next 320 ``val`` and the next 2,880 ``test``; generated splits have the same sizes and independent seeds.
 
 Known limits: the generated sprite sizes and position margins approximate dSprites' look (we do not ship
 dSprites' bitmaps); per-object factors of real files (x, y, shape, colour, ...) are not returned.
@@ -38,17 +45,21 @@ from ..scenes.records import DataFormatError, MissingDataError, SceneData, requi
 from ..scenes.tfrecord import read_examples
 
 __all__ = [
-    "IMAGE_SIZE", "MAX_OBJECTS", "SHAPES", "GENERATOR_VERSION", "SPLITS", "VARIANT_ENTITIES",
-    "generate_multi_dsprites", "load_multi_dsprites", "read_multi_dsprites_tfrecord",
+    "IMAGE_SIZE", "MAX_OBJECTS", "SHAPES", "GENERATOR_VERSION", "SPLITS", "VARIANT_ENTITIES", "VARIANTS",
+    "DEFAULT_VARIANT", "generate_multi_dsprites", "load_multi_dsprites", "read_multi_dsprites_tfrecord",
     "read_multi_dsprites_hdf5", "entity_masks_to_index",
 ]
 
 IMAGE_SIZE = 64
-MAX_OBJECTS = 4
 SHAPES = ("square", "ellipse", "heart")
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 # split -> (first record / seed offset, default number of images)
-SPLITS = {"train": (0, 60_000), "val": (60_000, 1_000), "test": (61_000, 1_000)}
+SPLITS = {"train": (0, 60_000), "val": (60_000, 320), "test": (60_320, 2_880)}
+# Generated variants: name -> (background, min sprites, max sprites).
+VARIANTS = {"colored_on_grayscale": ("grayscale", 2, 5), "colored_on_colored": ("colored", 1, 4)}
+DEFAULT_VARIANT = "colored_on_grayscale"
+MAX_OBJECTS = VARIANTS[DEFAULT_VARIANT][2]  # the default variant's: 6 slots
+BACKGROUNDS = ("grayscale", "colored")
 # DeepMind variant -> masks per scene (background + objects); binarized images are grayscale.
 VARIANT_ENTITIES = {"colored_on_colored": 5, "colored_on_grayscale": 6, "binarized": 4}
 
@@ -102,11 +113,14 @@ def _render(shape, scale, theta, cx, cy, n_obj, colors, size):
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), index
 
 
-def generate_multi_dsprites(num_images: int, seed: int = 0, min_objects: int = 1,
+def generate_multi_dsprites(num_images: int, seed: int = 0, min_objects: int = 2,
                             max_objects: int = MAX_OBJECTS, image_size: int = IMAGE_SIZE,
-                            chunk: int = 256, progress: bool = True) -> dict[str, np.ndarray]:
-    """Generate colored-on-colored Multi-dSprites scenes, deterministically from ``seed`` (>= 0); the first m
-    images of a set of n > m equal the set of m with the same seed.
+                            chunk: int = 256, progress: bool = True,
+                            background: str = "grayscale") -> dict[str, np.ndarray]:
+    """Generate Multi-dSprites scenes, deterministically from ``seed`` (>= 0); the first m images of a set of
+    n > m equal the set of m with the same seed. The defaults are the colored-on-grayscale variant (2-5
+    sprites, ``background="grayscale"``); ``min_objects=1, max_objects=4, background="colored"`` is
+    colored-on-colored.
 
     Returns a dict of numpy arrays (K = ``max_objects``):
         images uint8 (N, 3, S, S); masks uint8 (N, S, S) (0 = background, k = k-th sprite, drawn in order);
@@ -124,6 +138,8 @@ def generate_multi_dsprites(num_images: int, seed: int = 0, min_objects: int = 1
         raise ValueError(f"image_size must be >= 8, got {image_size}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     n, k = num_images, max_objects
@@ -133,12 +149,15 @@ def generate_multi_dsprites(num_images: int, seed: int = 0, min_objects: int = 1
     for blk in range(-(-n // _LATENT_BLOCK)):
         rng = np.random.default_rng([seed, blk])
         m = _LATENT_BLOCK
-        blocks.append((rng.integers(min_objects, max_objects + 1, size=m), rng.integers(0, 3, size=(m, k)),
-                       _SCALES[rng.integers(0, len(_SCALES), size=(m, k))],
-                       _ORIENTATIONS[rng.integers(0, len(_ORIENTATIONS), size=(m, k))],
-                       _POSITIONS[rng.integers(0, len(_POSITIONS), size=(m, k))],
-                       _POSITIONS[rng.integers(0, len(_POSITIONS), size=(m, k))],
-                       rng.integers(0, 256, size=(m, k + 1, 3), dtype=np.uint8)))
+        latents = (rng.integers(min_objects, max_objects + 1, size=m), rng.integers(0, 3, size=(m, k)),
+                   _SCALES[rng.integers(0, len(_SCALES), size=(m, k))],
+                   _ORIENTATIONS[rng.integers(0, len(_ORIENTATIONS), size=(m, k))],
+                   _POSITIONS[rng.integers(0, len(_POSITIONS), size=(m, k))],
+                   _POSITIONS[rng.integers(0, len(_POSITIONS), size=(m, k))],
+                   rng.integers(0, 256, size=(m, k + 1, 3), dtype=np.uint8))
+        if background == "grayscale":
+            latents[-1][:, 0, :] = rng.integers(0, 256, size=(m, 1), dtype=np.uint8)  # one grey level per image
+        blocks.append(latents)
     if blocks:
         n_obj, shape, scale, theta, px, py, colors = (np.concatenate(parts)[:n] for parts in zip(*blocks))
     else:
@@ -191,7 +210,7 @@ def _file_fingerprint(path: Path) -> dict:
 
 
 def read_multi_dsprites_tfrecord(path: str | Path, start: int = 0, count: int | None = None,
-                                 variant: str = "colored_on_colored", verify: bool = True,
+                                 variant: str = DEFAULT_VARIANT, verify: bool = True,
                                  progress: bool = True) -> SceneData:
     """Read records ``[start, start + count)`` of DeepMind's Multi-dSprites TFRecord file.
 
@@ -225,6 +244,9 @@ def read_multi_dsprites_tfrecord(path: str | Path, start: int = 0, count: int | 
     bar.close()
     if not images:
         raise DataFormatError(f"{path}: no records in range start={start}, count={count}")
+    if count is not None and len(images) < count:
+        raise DataFormatError(f"{path}: records {start}..{start + count - 1} were asked for, but the file ends "
+                              f"after record {start + len(images) - 1}")
     return SceneData(np.stack(images), np.stack(masks), ids=[f"{path.name}:{start + i}" for i in range(len(images))],
                      meta={"source": "multi_dsprites-tfrecord", "file": str(path), "variant": variant})
 
@@ -309,12 +331,12 @@ def read_multi_dsprites_hdf5(path: str | Path, split: str | None = None, start: 
                      meta={"source": "multi_dsprites-hdf5", "file": str(path)})
 
 
-def _find_real_file(data_dir: Path) -> Path:
+def _find_real_file(data_dir: Path, variant: str) -> Path:
     if data_dir.is_file():
         return data_dir
     require_dir(data_dir, "Multi-dSprites data folder")
-    preferred = ["multi_dsprites_colored_on_colored.tfrecords", "multi_dsprites_colored_on_colored.h5",
-                 "multi_dsprites_colored_on_colored.hdf5", "multi_dsprites.h5", "multi_dsprites.hdf5"]
+    preferred = [f"multi_dsprites_{variant}{ext}" for ext in (".tfrecords", ".h5", ".hdf5")]
+    preferred += ["multi_dsprites.h5", "multi_dsprites.hdf5"]
     for name in preferred:
         if (data_dir / name).is_file():
             return data_dir / name
@@ -327,17 +349,20 @@ def _find_real_file(data_dir: Path) -> Path:
 
 def load_multi_dsprites(split: str = "train", num_images: int | None = None, seed: int = 0,
                         data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                        progress: bool = True) -> SceneData:
-    """Multi-dSprites (colored-on-colored) split as SceneData: images uint8 (N, 3, 64, 64), masks uint8
-    (N, 64, 64) with 0 = background and 1..4 the sprites.
+                        progress: bool = True, variant: str = DEFAULT_VARIANT) -> SceneData:
+    """A Multi-dSprites split as SceneData: images uint8 (N, 3, 64, 64), masks uint8 (N, 64, 64) with
+    0 = background and 1..K the sprites (K = 5 for colored_on_grayscale, 4 for colored_on_colored).
 
     Args:
         split: "train", "val" or "test" (see ``SPLITS``).
         num_images: number of samples (default: the split's size in ``SPLITS``).
         seed: generator seed (ignored for real data); each split draws from its own stream.
         data_dir: a folder holding the real TFRecord or HDF5 file (or the file itself); None = generated.
+            In a folder, ``multi_dsprites_<variant>.tfrecords`` (or .h5 / .hdf5) is looked for first.
         cache_dir: cache folder (default: $SA_MESH_CACHE or ~/.cache/sa-mesh).
         progress: show progress bars.
+        variant: "colored_on_grayscale" (default) or "colored_on_colored" (``VARIANTS``); for real
+            TFRecord files also "binarized".
 
     Both generated and real data are cached (real data keyed by the file's path, size and mtime).
     """
@@ -346,22 +371,27 @@ def load_multi_dsprites(split: str = "train", num_images: int | None = None, see
     if n < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     if data_dir is None:
-        params = {"split": split, "num_images": n, "seed": seed, "min_objects": 1, "max_objects": MAX_OBJECTS,
-                  "image_size": IMAGE_SIZE}
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)} for generated data, got {variant!r}")
+        background, lo, hi = VARIANTS[variant]
+        params = {"split": split, "num_images": n, "seed": seed, "variant": variant, "image_size": IMAGE_SIZE}
         # Splits use disjoint seed streams: SeedSequence entropy (seed, split offset).
         split_seed = int(np.random.SeedSequence([seed, first]).generate_state(1)[0])
         arrays = cached(f"multi_dsprites-{split}", params, GENERATOR_VERSION,
-                        lambda: generate_multi_dsprites(n, split_seed, progress=progress), cache_dir)
+                        lambda: generate_multi_dsprites(n, split_seed, min_objects=lo, max_objects=hi,
+                                                        background=background, progress=progress), cache_dir)
         return SceneData(arrays["images"], arrays["masks"],
                          meta={"source": "multi_dsprites-generated", "split": split, "seed": seed,
-                               "version": GENERATOR_VERSION})
-    path = _find_real_file(Path(data_dir).expanduser())
+                               "variant": variant, "version": GENERATOR_VERSION})
+    if variant not in VARIANT_ENTITIES:
+        raise ValueError(f"variant must be one of {sorted(VARIANT_ENTITIES)}, got {variant!r}")
+    path = _find_real_file(Path(data_dir).expanduser(), variant)
     is_tf = path.suffix in (".tfrecords", ".tfrecord") or ".tfrecord" in path.name
-    params = {"file": _file_fingerprint(path), "split": split, "num_images": n}
+    params = {"file": _file_fingerprint(path), "split": split, "num_images": n, "variant": variant}
 
     def build() -> dict[str, np.ndarray]:
         if is_tf:
-            data = read_multi_dsprites_tfrecord(path, start=first, count=n, progress=progress)
+            data = read_multi_dsprites_tfrecord(path, start=first, count=n, variant=variant, progress=progress)
         else:
             import h5py
 
@@ -372,4 +402,5 @@ def load_multi_dsprites(split: str = "train", num_images: int | None = None, see
         return data.to_arrays()
 
     arrays = cached(f"multi_dsprites-real-{split}", params, GENERATOR_VERSION, build, cache_dir)
-    return SceneData.from_arrays(arrays, meta={"source": "multi_dsprites-real", "file": str(path), "split": split})
+    return SceneData.from_arrays(arrays, meta={"source": "multi_dsprites-real", "file": str(path), "split": split,
+                                               "variant": variant})

@@ -16,6 +16,9 @@ def small_config(variant="sa-mesh", cost="l2", **kw):
     return image_autoencoder_config(4, variant, cost, resolution=12, channels=6, slot_dim=10, mlp_hidden=16, **kw)
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: see conftest.one_thread
+
+
 def test_build_grid_values():
     g = build_grid((3, 5))
     assert g.shape == (3, 5, 4)

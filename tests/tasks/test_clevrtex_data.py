@@ -17,9 +17,9 @@ from tasks.scenes.render import SHAPES
 N = 10
 
 
-def _write_tree(root, n=N, size=(320, 240), mask_mode="L"):
+def _write_tree(root, n=N, size=(320, 240), mask_mode="L", variant="full"):
     rng = np.random.default_rng(0)
-    base = root / "clevrtex_full"
+    base = root / f"clevrtex_{variant}"
     images, masks = [], []
     for i in range(n):
         folder = base / str(i // 4)  # ClevrTex splits its files into numbered sub-folders
@@ -27,7 +27,7 @@ def _write_tree(root, n=N, size=(320, 240), mask_mode="L"):
         img = rng.integers(0, 256, size=(size[1], size[0], 4), dtype=np.uint8)
         img[..., 3] = 255
         msk = rng.integers(0, 4 + i % 6, size=(size[1], size[0]), dtype=np.uint8)
-        stem = f"CLEVRTEX_full_{i:06d}"
+        stem = f"CLEVRTEX_{variant}_{i:06d}"
         Image.fromarray(img, "RGBA").save(folder / f"{stem}.png")
         m = Image.fromarray(msk, "L")
         if mask_mode == "P":
@@ -50,6 +50,13 @@ def test_read_real_exact_arrays_and_splits(tmp_path, mask_mode):
         assert d.ids == [f"CLEVRTEX_full_{i:06d}.png" for i in idx]
     d = read_clevrtex(base, "train", max_images=3, crop=False, size=None, progress=False)
     assert len(d) == 3 and d.ids[0] == "CLEVRTEX_full_000002.png"
+
+
+def test_outd_variant_is_not_split_as_in_the_benchmark(tmp_path):
+    _, images, _ = _write_tree(tmp_path, variant="outd")
+    for split in ("train", "val", "test"):
+        d = read_clevrtex(tmp_path, split, variant="outd", crop=False, size=None, progress=False)
+        assert np.array_equal(d.images.numpy(), images[..., :3].transpose(0, 3, 1, 2)), split
 
 
 def test_read_real_crop_and_resize_follow_karazija(tmp_path):

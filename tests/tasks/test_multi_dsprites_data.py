@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.multi_dsprites import (MAX_OBJECTS, SPLITS, entity_masks_to_index, generate_multi_dsprites,
-                                  load_multi_dsprites, read_multi_dsprites_hdf5, read_multi_dsprites_tfrecord)
+from tasks.multi_dsprites import (DEFAULT_VARIANT, MAX_OBJECTS, SPLITS, entity_masks_to_index,
+                                  generate_multi_dsprites, load_multi_dsprites, read_multi_dsprites_hdf5, read_multi_dsprites_tfrecord)
 from tasks.multi_dsprites.show import main as show_main
 from tasks.scenes import DataFormatError, MissingDataError
 from tasks.scenes.tfrecord import encode_example, write_tfrecord
@@ -14,51 +14,78 @@ from tasks.scenes.tfrecord import encode_example, write_tfrecord
 
 @pytest.fixture(scope="module")
 def gen():
-    return generate_multi_dsprites(600, seed=3, progress=False)
+    return generate_multi_dsprites(600, seed=3, progress=False)  # the default: colored on grayscale, 2-5 sprites
+
+
+@pytest.fixture(scope="module")
+def gen_colored():
+    return generate_multi_dsprites(600, seed=3, min_objects=1, max_objects=4, background="colored", progress=False)
 
 
 # ---- generator --------------------------------------------------------------------------------------------
-def test_generator_shapes_and_counts(gen):
+@pytest.mark.parametrize("variant", ["grayscale", "colored"])
+def test_generator_shapes_and_counts(gen, gen_colored, variant):
+    g, lo, hi = (gen, 2, 5) if variant == "grayscale" else (gen_colored, 1, 4)
     n = 600
-    assert gen["images"].shape == (n, 3, 64, 64) and gen["images"].dtype == np.uint8
-    assert gen["masks"].shape == (n, 64, 64) and gen["masks"].dtype == np.uint8
-    counts = gen["num_objects"]
-    assert counts.min() >= 1 and counts.max() <= MAX_OBJECTS
-    assert set(np.unique(counts)) == {1, 2, 3, 4}  # all counts occur in 600 draws
-    assert np.bincount(counts)[1:].min() > 100  # roughly uniform
+    assert g["images"].shape == (n, 3, 64, 64) and g["images"].dtype == np.uint8
+    assert g["masks"].shape == (n, 64, 64) and g["masks"].dtype == np.uint8
+    counts = g["num_objects"]
+    assert set(np.unique(counts)) == set(range(lo, hi + 1))  # all counts occur in 600 draws
+    assert np.bincount(counts)[lo:].min() > 90  # roughly uniform
     # Every mask index belongs to a drawn sprite: indices are in [0, num_objects].
-    assert (gen["masks"].reshape(n, -1).max(1) <= counts).all()
+    assert (g["masks"].reshape(n, -1).max(1) <= counts).all()
     # Most drawn sprites are visible (occlusion hides a few completely).
-    visible = np.array([len(np.unique(m)) - 1 for m in gen["masks"]])
-    assert (visible <= counts).all() and (visible == counts).mean() > 0.85
-    shapes = gen["shape"][gen["shape"] >= 0]
+    visible = np.array([len(np.unique(m)) - 1 for m in g["masks"]])
+    assert (visible <= counts).all() and (visible == counts).mean() > 0.8
+    shapes = g["shape"][g["shape"] >= 0]
     assert set(np.unique(shapes)) == {0, 1, 2}
-    assert np.isnan(gen["scale"][gen["shape"] < 0]).all() and not np.isnan(gen["scale"][gen["shape"] >= 0]).any()
+    assert np.isnan(g["scale"][g["shape"] < 0]).all() and not np.isnan(g["scale"][g["shape"] >= 0]).any()
 
 
-def test_generator_masks_partition_and_colours(gen):
+def test_default_is_grayscale_background_with_coloured_sprites(gen, gen_colored):
+    assert MAX_OBJECTS == 5 and DEFAULT_VARIANT == "colored_on_grayscale"
+    bg = gen["colors"][:, 0]  # (N, 3)
+    assert (bg == bg[:, :1]).all()  # R = G = B
+    assert len(np.unique(bg[:, 0])) > 100  # a random grey level per image
+    sprite = gen["colors"][:, 1:]
+    assert (sprite.max(-1) != sprite.min(-1)).mean() > 0.95  # sprites coloured
+    # Background pixels really are grey; in the coloured variant they are not.
+    img, masks = gen["images"], gen["masks"]
+    bg_pix = img.transpose(0, 2, 3, 1)[masks == 0]  # (P, 3)
+    assert (bg_pix == bg_pix[:, :1]).all()
+    bgc = gen_colored["colors"][:, 0]
+    assert (bgc.max(-1) != bgc.min(-1)).mean() > 0.95
+
+
+@pytest.mark.parametrize("variant", ["grayscale", "colored"])
+def test_generator_masks_partition_and_colours(gen, gen_colored, variant):
     # Each pixel's colour is exactly the colour of the entity its mask index names: the index map is a
     # partition of the image into background and objects, and occlusion order is respected.
-    imgs, masks, colors = gen["images"], gen["masks"], gen["colors"]
+    g = gen if variant == "grayscale" else gen_colored
+    imgs, masks, colors = g["images"], g["masks"], g["colors"]
     expected = colors[np.arange(len(imgs))[:, None, None], masks].transpose(0, 3, 1, 2)
     assert np.array_equal(imgs, expected)
-    oh = torch.nn.functional.one_hot(torch.from_numpy(masks).long(), MAX_OBJECTS + 1)
+    oh = torch.nn.functional.one_hot(torch.from_numpy(masks).long(), 6)
     assert torch.equal(oh.sum(-1), torch.ones(masks.shape, dtype=torch.long))
+
+
+def test_generator_sprite_sizes(gen_colored):
     # Sprites have sensible sizes: 9 px half-size at scale 1, i.e. between ~40 and ~400 visible pixels
     # for a single unoccluded sprite.
-    single = gen["num_objects"] == 1
-    areas = (masks[single] == 1).reshape(single.sum(), -1).sum(1)
+    single = gen_colored["num_objects"] == 1
+    areas = (gen_colored["masks"][single] == 1).reshape(single.sum(), -1).sum(1)
     assert areas.min() > 30 and areas.max() < 450
 
 
-def test_generator_object_positions_match_masks(gen):
+def test_generator_object_positions_match_masks(gen_colored):
     # For single-sprite images, the mask centroid is near the sprite centre latent (x, y) (hearts and
     # clipped sprites are off-centre by a few pixels at most).
-    single = np.flatnonzero(gen["num_objects"] == 1)
+    g = gen_colored
+    single = np.flatnonzero(g["num_objects"] == 1)
     for i in single[:40]:
-        ys, xs = np.nonzero(gen["masks"][i] == 1)
+        ys, xs = np.nonzero(g["masks"][i] == 1)
         cx, cy = (xs.mean() + 0.5) / 64, (ys.mean() + 0.5) / 64
-        assert abs(cx - gen["x"][i, 0]) < 4 / 64 and abs(cy - gen["y"][i, 0]) < 4 / 64
+        assert abs(cx - g["x"][i, 0]) < 4 / 64 and abs(cy - g["y"][i, 0]) < 4 / 64
 
 
 def test_generator_is_deterministic_and_prefix_stable(gen):
@@ -71,6 +98,8 @@ def test_generator_is_deterministic_and_prefix_stable(gen):
     assert not np.array_equal(other["images"], prefix["images"])
     with pytest.raises(ValueError, match="min_objects"):
         generate_multi_dsprites(5, min_objects=0)
+    with pytest.raises(ValueError, match="background"):
+        generate_multi_dsprites(5, background="grey")
 
 
 def test_load_generated_splits_are_cached_and_distinct(tmp_path):
@@ -81,6 +110,12 @@ def test_load_generated_splits_are_cached_and_distinct(tmp_path):
     assert len(list(tmp_path.glob("multi_dsprites-*.npz"))) == 2
     again = load_multi_dsprites("train", num_images=40, cache_dir=tmp_path, progress=False)
     assert torch.equal(again.images, tr.images) and torch.equal(again.masks, tr.masks)
+    assert tr.meta["variant"] == "colored_on_grayscale" and int(tr.masks.max()) <= 5
+    col = load_multi_dsprites("train", num_images=40, cache_dir=tmp_path, progress=False,
+                              variant="colored_on_colored")
+    assert not torch.equal(col.images, tr.images) and int(col.masks.max()) <= 4
+    with pytest.raises(ValueError, match="variant"):
+        load_multi_dsprites("train", num_images=4, cache_dir=tmp_path, variant="binarized")
     with pytest.raises(ValueError, match="split"):
         load_multi_dsprites("training", cache_dir=tmp_path)
 
@@ -102,22 +137,27 @@ def _deepmind_record(image_hwc: np.ndarray, entity_masks_ehw: np.ndarray, one_st
     })
 
 
-def _fixture(n=5, seed=0):
-    g = generate_multi_dsprites(n, seed=seed, progress=False)
-    entity = (g["masks"][:, None] == np.arange(5)[None, :, None, None]).astype(np.uint8) * 255  # (N, 5, H, W)
+def _fixture(n=5, seed=0, colored=False):
+    kw = dict(min_objects=1, max_objects=4, background="colored") if colored else {}
+    g = generate_multi_dsprites(n, seed=seed, progress=False, **kw)
+    e = 5 if colored else 6  # DeepMind's entities per scene: background + max objects
+    entity = (g["masks"][:, None] == np.arange(e)[None, :, None, None]).astype(np.uint8) * 255  # (N, E, H, W)
     return g["images"], g["masks"], entity
 
 
-def test_tfrecord_reader_returns_exact_arrays(tmp_path):
-    images, masks, entity = _fixture()
-    path = tmp_path / "multi_dsprites_colored_on_colored.tfrecords"
+@pytest.mark.parametrize("variant", ["colored_on_grayscale", "colored_on_colored"])
+def test_tfrecord_reader_returns_exact_arrays(tmp_path, variant):
+    images, masks, entity = _fixture(colored=variant == "colored_on_colored")
+    path = tmp_path / f"multi_dsprites_{variant}.tfrecords"
     recs = [_deepmind_record(images[i].transpose(1, 2, 0), entity[i], one_string=(i == 2)) for i in range(5)]
     write_tfrecord(path, recs, compression="GZIP")
-    data = read_multi_dsprites_tfrecord(path, progress=False)
+    data = read_multi_dsprites_tfrecord(path, variant=variant, progress=False)
     assert torch.equal(data.images, torch.from_numpy(images))
     assert torch.equal(data.masks, torch.from_numpy(masks))
-    part = read_multi_dsprites_tfrecord(path, start=1, count=2, progress=False)
+    part = read_multi_dsprites_tfrecord(path, start=1, count=2, variant=variant, progress=False)
     assert torch.equal(part.images, torch.from_numpy(images[1:3])) and part.ids[0].endswith(":1")
+    with pytest.raises(DataFormatError, match=r"records 3\.\.5 were asked for, but the file ends after record 4"):
+        read_multi_dsprites_tfrecord(path, start=3, count=3, variant=variant, progress=False)
 
 
 def test_tfrecord_reader_errors_name_file_and_record(tmp_path):
@@ -131,8 +171,19 @@ def test_tfrecord_reader_errors_name_file_and_record(tmp_path):
     with pytest.raises(DataFormatError, match=r"record 0 has no bytes feature 'image'"):
         read_multi_dsprites_tfrecord(path, progress=False)
     write_tfrecord(path, [good])
-    with pytest.raises(DataFormatError, match="'mask' has 20480 bytes.*variant"):
-        read_multi_dsprites_tfrecord(path, variant="colored_on_grayscale", progress=False)
+    with pytest.raises(DataFormatError, match="'mask' has 24576 bytes.*variant"):
+        read_multi_dsprites_tfrecord(path, variant="colored_on_colored", progress=False)
+    # A record without its mask, and a corrupt record, are named too.
+    no_mask = encode_example({"image": [bytes([v]) for v in images[0].transpose(1, 2, 0).ravel()]})
+    write_tfrecord(path, [good, good, no_mask])
+    with pytest.raises(DataFormatError, match=r"md\.tfrecords: record 2 has no bytes feature 'mask'"):
+        read_multi_dsprites_tfrecord(path, progress=False)
+    write_tfrecord(path, [good, good])
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2 + 100] ^= 0xFF  # flip a byte inside record 1's data
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataFormatError, match=r"md\.tfrecords: data CRC mismatch at record 1"):
+        read_multi_dsprites_tfrecord(path, progress=False)
 
 
 @pytest.mark.parametrize("layout", ["index_hwc", "entity_chw_float", "deepmind_raw", "split_groups"])
@@ -189,7 +240,7 @@ def test_load_real_via_data_dir_uses_split_ranges(tmp_path, monkeypatch):
     images, masks, entity = _fixture(5, seed=2)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    write_tfrecord(data_dir / "multi_dsprites_colored_on_colored.tfrecords",
+    write_tfrecord(data_dir / "multi_dsprites_colored_on_grayscale.tfrecords",
                    [_deepmind_record(images[i].transpose(1, 2, 0), entity[i]) for i in range(5)], compression="GZIP")
     cache = tmp_path / "cache"
     tr = load_multi_dsprites("train", data_dir=data_dir, cache_dir=cache, progress=False)
@@ -198,6 +249,25 @@ def test_load_real_via_data_dir_uses_split_ranges(tmp_path, monkeypatch):
     assert tr.meta["source"] == "multi_dsprites-real" and len(list(cache.glob("*.npz"))) == 2
     with pytest.raises(MissingDataError, match="nowhere"):
         load_multi_dsprites("train", data_dir=tmp_path / "nowhere", cache_dir=cache)
+
+
+def test_splits_follow_the_official_configuration():
+    # first 60,000 records train, next 320 validation, next 2,880 test (config/data/mdsprites.yaml)
+    assert SPLITS == {"train": (0, 60_000), "val": (60_000, 320), "test": (60_320, 2_880)}
+
+
+def test_data_dir_prefers_the_variants_file(tmp_path):
+    gray, gray_masks, gray_ent = _fixture(2, seed=5)
+    col, col_masks, col_ent = _fixture(2, seed=6, colored=True)
+    for name, imgs, ent in (("colored_on_grayscale", gray, gray_ent), ("colored_on_colored", col, col_ent)):
+        write_tfrecord(tmp_path / f"multi_dsprites_{name}.tfrecords",
+                       [_deepmind_record(imgs[i].transpose(1, 2, 0), ent[i]) for i in range(2)], compression="GZIP")
+    cache = tmp_path / "cache"
+    default = load_multi_dsprites("train", num_images=2, data_dir=tmp_path, cache_dir=cache, progress=False)
+    assert torch.equal(default.images, torch.from_numpy(gray))
+    other = load_multi_dsprites("train", num_images=2, data_dir=tmp_path, cache_dir=cache, progress=False,
+                                variant="colored_on_colored")
+    assert torch.equal(other.masks, torch.from_numpy(col_masks))
 
 
 def test_entity_masks_to_index():
