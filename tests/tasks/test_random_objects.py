@@ -2,6 +2,7 @@
 its summary files, argument checks, unusable run folders (corrupt or foreign checkpoints, existing runs)
 refused with nothing overwritten, reuse of finished runs, Ctrl-C then --resume, and torchrun."""
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -16,8 +17,8 @@ import torch
 
 import tasks.random_objects.experiment as experiment
 from slots.train import CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, load_checkpoint
-from tasks.random_objects import PAPER_TABLE1, format_table
-from tasks.random_objects.__main__ import QUICK, build_parser, config_from_args, main
+from tasks.random_objects import BUDGETS, PAPER_TABLE1, RandomObjectsConfig, format_table
+from tasks.random_objects.__main__ import build_parser, config_from_args, main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--steps", "3", "--n-train", "128", "--n-test", "64", "--batch-size", "32", "--variant", "sa",
@@ -80,11 +81,11 @@ def test_end_to_end_writes_table_and_plot(finished):
     assert 0.5 < ours < 1.5  # 3 steps from a zero read-out: about the always-zeros baseline
 
     summary = json.loads((out / "table.json").read_text())
-    assert summary["sigma"] == 0.01 and summary["config"]["steps"] == 3 and summary["config"]["n_test"] == 64
+    assert summary["config"]["sigma"] == 0.01 and summary["config"]["steps"] == 3 and summary["config"]["n_test"] == 64
     (row,) = summary["rows"]
     assert row["name"] == "SA" and row["ours"] == ours and row["per_seed"] == [ours]
     assert row["paper"] == PAPER_TABLE1["sa"][0.01] == 0.65
-    assert summary["zeros_baseline"] == pytest.approx(1.0, abs=0.1)
+    assert summary["baselines"]["always zeros"]["metrics"]["rmse_norm"]["ours"] == pytest.approx(1.0, abs=0.1)
     curves = summary["curves"]["sa"]["seed0"]
     assert curves["eval_step"] == [3] and curves["test_rmse_norm"] == [ours] and curves["train_step"] == [3]
 
@@ -101,8 +102,9 @@ def test_end_to_end_writes_table_and_plot(finished):
 
 def test_table_has_no_paper_figure_for_other_sigmas(finished):
     summary = json.loads((finished[0] / "table.json").read_text())
-    assert experiment._paper_value("sa", 0.05) is None and experiment._paper_value("sa-mesh", 1.0) == 0.24
-    summary["rows"][0]["paper"] = None
+    assert "sa" not in experiment._paper(RandomObjectsConfig(sigma=0.05))
+    assert experiment._paper(RandomObjectsConfig(sigma=1.0))["sa-mesh"]["rmse_norm"] == 0.24
+    summary["rows"][0]["metrics"]["rmse_norm"]["paper"] = None
     row = next(line for line in format_table(summary).splitlines() if line.startswith("| SA |"))
     assert row.split("|")[3].strip() == "-"
 
@@ -149,9 +151,10 @@ def test_command_line_exit_status(tmp_path):
 def test_config_from_args_precedence():
     parse = build_parser().parse_args
     quick = config_from_args(parse(["--quick", "--steps", "7", "--out", "o"]))
-    assert quick.steps == 7 and quick.n_test == QUICK["n_test"] and quick.eval_every == QUICK["eval_every"]
+    assert quick.budget.steps == 7 and quick.config.n_test == BUDGETS["quick"].overrides["n_test"] == 1_280
+    assert quick.budget.eval_every == BUDGETS["quick"].eval_every == 250
     epochs = config_from_args(parse(["--epochs", "2", "--n-train", "100", "--batch-size", "32", "--out", "o"]))
-    assert epochs.steps == 6
+    assert epochs.budget.steps == 6
     default = config_from_args(parse(["--sigma", "0.1"]))
     assert default.out == "runs/random_objects/sigma_0.1" and default.variants == experiment.VARIANTS
 
@@ -237,7 +240,7 @@ def test_resume_reuses_finished_run(copy_of):
 def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = []
-    real_loss = experiment._loss
+    real_loss = experiment.TASK.loss
 
     def loss(model, batch):
         calls.append(1)
@@ -245,7 +248,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, monk
             signal.raise_signal(signal.SIGINT)
         return real_loss(model, batch)
 
-    monkeypatch.setattr(experiment, "_loss", loss)
+    monkeypatch.setattr(experiment, "TASK", dataclasses.replace(experiment.TASK, loss=loss))
     code, _, stderr = run_main([*TINY, "--out", out])
     assert code == 130
     assert "interrupted at step 2" in stderr and "rerun with --resume" in stderr
