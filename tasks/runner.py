@@ -14,8 +14,8 @@ Every (variant, seed) is one run of :func:`slots.train.train` in ``<out>/<varian
 the initial parameters, the training data (``task.load_train(cfg, seed)``) and the data order; the test data
 (``task.load_test(cfg)``) is the same for every run. The summary goes to ``<out>/``:
 
-    table.md, table.json    per variant: each metric aggregated over seeds (median, or mean and standard
-                            deviation), the paper's figures labelled as the paper's, the per-seed values of
+    table.md, table.json    per variant: each metric aggregated over seeds (the median with its range, or
+                            the mean and standard deviation), the paper's figures labelled as the paper's, the per-seed values of
                             the headline metric, the step time; table.json adds the per-step curves
     <task.plot_file>        the headline metric on the test data against training steps
 
@@ -285,7 +285,7 @@ def run(task: Task, exp: Experiment) -> dict:
     Returns:
         The summary written to table.json: "task", "config" (the task options, the budget and the grid),
         "describe" (the table's sentence), "rows" (per variant: "variant", "name", "metrics" {key: {"ours",
-        "std", "per_seed", "paper"}}, and for the headline "ours", "per_seed", "paper"; "step_ms", "time_vs"),
+        "std", "min", "max", "per_seed", "paper"}}, and for the headline "ours", "per_seed", "paper"; "step_ms", "time_vs"),
         "baselines" {name: {"metrics": {key: {"ours", "paper"}}}}, "curves" (per variant, per seed).
 
     Raises:
@@ -350,11 +350,13 @@ def _curves(path: Path, metrics: tuple[Metric, ...]) -> dict:
     return curves
 
 
-def _aggregate(values: list[float], how: str) -> tuple[float, float | None]:
-    """(median or mean, standard deviation over seeds or None for one seed / the median)."""
+def _aggregate(values: list[float], how: str) -> dict:
+    """{"ours": median or mean, "std": standard deviation over seeds (mean only, with several seeds) or None,
+    "min", "max"}."""
+    spread = {"min": min(values), "max": max(values)}
     if how == "median":
-        return statistics.median(values), None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+        return {"ours": statistics.median(values), "std": None, **spread}
+    return {"ours": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None, **spread}
 
 
 def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
@@ -365,8 +367,8 @@ def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
         cells = {}
         for m in task.metrics:
             per_seed = [results[v, s]["eval"][m.key] for s in range(exp.seeds)]
-            ours, std = _aggregate(per_seed, task.aggregate)
-            cells[m.key] = {"ours": ours, "std": std, "per_seed": per_seed, "paper": paper.get(v, {}).get(m.key)}
+            cells[m.key] = {**_aggregate(per_seed, task.aggregate), "per_seed": per_seed,
+                            "paper": paper.get(v, {}).get(m.key)}
         step_ms = [results[v, s]["train_step_ms"] for s in range(exp.seeds)]
         step_ms = [t for t in step_ms if t is not None]
         head = cells[task.headline.key]
@@ -401,6 +403,8 @@ def _fmt_ours(cell: dict, metric: Metric) -> str:
     text = format(cell["ours"], metric.fmt)
     if cell.get("std") is not None:
         text += " ± " + format(cell["std"], metric.fmt)
+    elif len(cell.get("per_seed", ())) > 1:  # a median: its range over seeds
+        text += f" [{cell['min']:{metric.fmt}}, {cell['max']:{metric.fmt}}]"
     return text
 
 

@@ -3,8 +3,10 @@ as a spec of the shared runner (``tasks.runner``).
 
 The training set of seed s is ``make_split("train", n_train, sigma, s)``; the test set is the same for every
 seed and variant (``make_split("test", n_test, sigma, 0)``, a different stream). The metric is the RMSE of the
-Hungarian-matched (prediction, object) pairs over the whole test set, divided by sigma; predicting zeros
-scores about 1 and is printed as a baseline row.
+Hungarian-matched (prediction, object) pairs over the whole test set, divided by sigma. Two reference rows
+are printed with the variants: predicting zeros (about 1), and ideal routing (:func:`ideal_routing_rmse`: the
+best any model can do that sees each object through the input LayerNorm and reads it out linearly; variants
+within noise of it are at a ceiling of the set-up, not ranked by it).
 
 Known limits: SA-EMD solves exact OT on the CPU for every example and iteration, so it is the slowest variant.
 """
@@ -20,7 +22,8 @@ from ..runner import format_table as _format_table
 from .data import make_split
 from .model import ModelConfig, RandomObjectsModel
 
-__all__ = ["RandomObjectsConfig", "PAPER_TABLE1", "VARIANTS", "TASK", "BUDGETS", "format_table"]
+__all__ = ["RandomObjectsConfig", "PAPER_TABLE1", "VARIANTS", "TASK", "BUDGETS", "format_table", "ideal_routing_rmse",
+           "IDEAL_ROUTING"]
 
 VARIANT_NAMES = {"sa": "SA", "sa-sh": "SA-SH", "sa-emd": "SA-EMD", "sa-mesh": "SA-MESH"}
 VARIANTS = tuple(VARIANT_NAMES)
@@ -124,9 +127,38 @@ def _evaluate(model, test, cfg: RandomObjectsConfig) -> dict:
     return {"rmse_norm": rmse, "mse": (rmse * cfg.sigma) ** 2}
 
 
+IDEAL_ROUTING = "ideal routing, linear read-out"
+
+
+def ideal_routing_rmse(objects: torch.Tensor, sigma: float, eps: float = 1e-5) -> float:
+    """The floor of a model that sees each object only through LayerNorm (as slot attention's inputs do).
+
+    With an ideal plan every slot receives exactly one object x through LN(x), which removes x's mean over
+    its features and (up to ``eps``) its scale. The best affine read-out of LN(x), fitted by least squares on
+    ``objects`` themselves, leaves this normalized RMSE: no variant whose slots pass through the input
+    LayerNorm and a linear read-out can do better on these objects, so variants within noise of it cannot
+    be ranked.
+
+    Args:
+        objects: (N, k, dim) the test objects. sigma: their standard deviation. eps: the LayerNorm's eps.
+
+    Returns:
+        The normalized Hungarian RMSE (``slots.normalized_hungarian_rmse``) of the fitted read-out.
+    """
+    x = objects.double().reshape(-1, objects.shape[2])  # (N k, dim)
+    features = torch.nn.functional.layer_norm(x, x.shape[1:], eps=eps)
+    # LN's features sum to zero, so the last one is redundant; without it the least-squares problem has full
+    # rank and one solution
+    design = torch.cat([features[:, :-1], torch.ones_like(x[:, :1])], 1)  # (N k, dim): affine read-out
+    weights = torch.linalg.lstsq(design, x).solution  # (dim, dim)
+    pred = (design @ weights).reshape(objects.shape).to(objects.dtype)
+    return float(normalized_hungarian_rmse(pred, objects, sigma))
+
+
 def _baselines(cfg: RandomObjectsConfig, test) -> dict:
     zeros = float(normalized_hungarian_rmse(torch.zeros_like(test.objects), test.objects, cfg.sigma))
-    return {"always zeros": {"rmse_norm": zeros}}
+    return {"always zeros": {"rmse_norm": zeros},
+            IDEAL_ROUTING: {"rmse_norm": ideal_routing_rmse(test.objects, cfg.sigma, torch.nn.LayerNorm(cfg.dim).eps)}}
 
 
 def _model_config(cfg: RandomObjectsConfig, variant: str) -> dict:

@@ -234,7 +234,7 @@ def test_resume_reuses_finished_run(copy_of):
     assert "== SA" not in stdout  # nothing trained
     for name in ("sa/seed0/ckpt.pt", "sa/seed0/results.json", "sa/seed0/metrics.jsonl"):
         assert after[name] == before[name]
-    assert after["table.md"][0] == before["table.md"][0]  # the same table, written again
+    assert after["table.md"][0].decode() == before["table.md"][0].decode()  # the same table, written again
 
 
 def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, monkeypatch):
@@ -306,3 +306,37 @@ def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
         assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
     tables = [json.loads((tmp_path / mode / "table.json").read_text())["rows"] for mode in ("serial", "parallel")]
     assert [r["ours"] for r in tables[0]] == [r["ours"] for r in tables[1]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ideal-routing floor and the spread over seeds
+
+
+def test_ideal_routing_floor():
+    from tasks.random_objects.data import make_split
+
+    g = torch.Generator().manual_seed(0)
+    # objects with zero mean over their features and one norm: LayerNorm only rescales them, so a linear
+    # read-out recovers them exactly
+    x = torch.randn(200, 5, 32, generator=g, dtype=torch.float64)
+    x = x - x.mean(2, keepdim=True)
+    x = x / x.norm(dim=2, keepdim=True)
+    assert experiment.ideal_routing_rmse(x, 0.2) < 1e-6
+    # Gaussian objects lose their mean and scale: the floor lies between the mean-only loss sqrt(1 / 32) and
+    # what the plain rescaled LayerNorm output scores, and (eps aside) does not depend on sigma
+    test = make_split("test", 2_000, 1.0, 0)
+    floor = experiment.ideal_routing_rmse(test.objects, 1.0)
+    rescaled = torch.nn.functional.layer_norm(test.objects, (32,))
+    assert (1 / 32) ** 0.5 < floor < float(experiment.normalized_hungarian_rmse(rescaled, test.objects, 1.0))
+    small = make_split("test", 2_000, 0.1, 0)
+    assert experiment.ideal_routing_rmse(small.objects, 0.1) == pytest.approx(floor, abs=2e-3)
+
+
+def test_table_shows_floor_and_median_range(finished):
+    summary = json.loads((finished[0] / "table.json").read_text())
+    floor = summary["baselines"][experiment.IDEAL_ROUTING]["metrics"]["rmse_norm"]
+    assert floor["paper"] is None and 0.15 < floor["ours"] < 0.3
+    assert f"| {experiment.IDEAL_ROUTING} | {floor['ours']:.3f} | - |" in format_table(summary)
+    row = summary["rows"][0]
+    row["metrics"]["rmse_norm"].update(per_seed=[0.5, 0.7, 0.6], ours=0.6, min=0.5, max=0.7)
+    assert "| SA | 0.600 [0.500, 0.700] | 0.65 |" in format_table(summary)
