@@ -483,6 +483,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def float_at_least_zero(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def int_at_least(minimum: int):
     """argparse type: an integer >= ``minimum``."""
     def parse(text: str) -> int:
@@ -512,6 +523,8 @@ def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
     steps_group.add_argument("--steps", type=int_at_least(1), help="optimizer steps per run (default: the budget's)")
     p.add_argument("--batch-size", type=int_at_least(1), help="batch size (default: the budget's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the budget's)")
+    p.add_argument("--grad-clip", type=float_at_least_zero,
+                   help="clip the global gradient norm to this value, 0: no clipping (default: the budget's)")
     p.add_argument("--eval-every", type=int_at_least(0), help="steps between test evaluations (default: the budget's)")
     p.add_argument("--ckpt-every", type=int_at_least(0), help="steps between checkpoints (default: the budget's)")
     p.add_argument("--out", help=f"run folder (default runs/{task.name}/...)")
@@ -541,7 +554,7 @@ def experiment_from_args(task: Task, args: argparse.Namespace, default_out: Call
     if getattr(args, "backend", None) is not None:
         options["backend"] = args.backend
     cfg = task.config(**options)
-    schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "eval_every", "ckpt_every")
+    schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_clip", "eval_every", "ckpt_every")
                 if getattr(args, k, None) is not None}
     budget = replace(budget, **schedule)
     out = args.out or (default_out(cfg) if default_out else f"runs/{task.name}/{args.budget}")

@@ -20,7 +20,7 @@ from slots import OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
 from ..runner import BACKENDS, Budget, Metric, Task
 from ..runner import format_table as _format_table
 from .data import make_split
-from .model import ModelConfig, RandomObjectsModel
+from .model import HEADS, ModelConfig, RandomObjectsModel
 
 __all__ = ["RandomObjectsConfig", "PAPER_TABLE1", "VARIANTS", "TASK", "BUDGETS", "format_table", "ideal_routing_rmse",
            "IDEAL_ROUTING"]
@@ -186,10 +186,12 @@ def _add_arguments(p, steps_group) -> None:
                    help="epochs per run, each n_train / batch_size steps (instead of --steps)")
     p.add_argument("--n-train", type=int_at_least(1), default=64_000, help="training examples")
     p.add_argument("--n-test", type=int_at_least(1), help="test examples (default 6,400; --quick 1,280)")
+    p.add_argument("--head", choices=HEADS, default="linear",
+                   help="read-out of the slots: a linear map (zero-initialised) or none (slots are the predictions)")
 
 
 def _options_from_args(args) -> dict:
-    options = {"sigma": args.sigma, "n_train": args.n_train}
+    options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head}
     if args.n_test is not None:
         options["n_test"] = args.n_test
     return options

@@ -155,6 +155,8 @@ def test_config_from_args_precedence():
     assert quick.budget.eval_every == BUDGETS["quick"].eval_every == 250
     epochs = config_from_args(parse(["--epochs", "2", "--n-train", "100", "--batch-size", "32", "--out", "o"]))
     assert epochs.budget.steps == 6
+    head = config_from_args(parse(["--head", "none", "--out", "o"]))
+    assert head.config.head == "none" and head.config.model("sa").head == "none"
     default = config_from_args(parse(["--sigma", "0.1"]))
     assert default.out == "runs/random_objects/sigma_0.1" and default.variants == experiment.VARIANTS
 
