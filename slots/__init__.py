@@ -2,7 +2,8 @@
 loss and the evaluation metrics of Zhang et al. (ICML 2023).
 
 Conventions: inputs x (B, n, input_dim), slots (B, n_slots, dim); attention plans (B, n, n_slots) with
-rows = inputs and columns = slots, as in ``kernels``.
+rows = inputs and columns = slots, as in ``kernels``. Images (B, C, H, W) in [-1, 1] for the
+object-discovery autoencoder of ``slots.vision``.
 """
 from .attention import ATTENTION_VARIANTS, COSTS, SLOT_INITS, OTConfig, SlotAttention, SlotAttentionConfig
 from .losses import hungarian_match, hungarian_mse_loss, pairwise_mse
@@ -13,6 +14,19 @@ from .metrics import (
     fg_miou,
     normalized_hungarian_rmse,
     temporal_consistency,
+)
+from .vision import (
+    AutoencoderOutput,
+    CNNEncoder,
+    DecoderConfig,
+    EncoderConfig,
+    SlotAutoencoder,
+    SlotAutoencoderConfig,
+    SoftPositionEmbed,
+    SpatialBroadcastDecoder,
+    build_grid,
+    image_autoencoder_config,
+    to_model_range,
 )
 
 __all__ = [
@@ -31,4 +45,15 @@ __all__ = [
     "fg_ari",
     "fg_miou",
     "temporal_consistency",
+    "SlotAutoencoder",
+    "SlotAutoencoderConfig",
+    "AutoencoderOutput",
+    "EncoderConfig",
+    "DecoderConfig",
+    "CNNEncoder",
+    "SoftPositionEmbed",
+    "SpatialBroadcastDecoder",
+    "build_grid",
+    "image_autoencoder_config",
+    "to_model_range",
 ]
