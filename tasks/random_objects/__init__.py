@@ -1,6 +1,6 @@
 """Random-objects detection (paper Sec. 5.1, Table 1, App. F.1): ``python -m tasks.random_objects``."""
 from .data import RandomObjects, make_split
-from .experiment import PAPER_TABLE1, TASK, VARIANTS, ExperimentConfig, format_table, run_experiment
+from .experiment import BUDGETS, PAPER_TABLE1, TASK, VARIANTS, RandomObjectsConfig, format_table
 from .model import DEFAULT_COSTS, ModelConfig, RandomObjectsModel
 
 __all__ = [
@@ -9,8 +9,8 @@ __all__ = [
     "ModelConfig",
     "RandomObjectsModel",
     "DEFAULT_COSTS",
-    "ExperimentConfig",
-    "run_experiment",
+    "RandomObjectsConfig",
+    "BUDGETS",
     "format_table",
     "PAPER_TABLE1",
     "VARIANTS",

@@ -923,31 +923,19 @@ def run_blocks(fn, jobs: list[tuple], workers: int = 1, progress: bool = True, d
 
     Generators split their output into fixed blocks of scenes with one random stream per block, so blocks
     are independent and the result does not depend on ``workers``. Each block runs with one torch thread
-    (small tensors stay in cache; on this 2-core machine that beats intra-op threading); ``workers`` > 1
-    runs blocks in that many spawned processes (``fn`` must be a module-level function, and a calling script
-    needs the usual ``if __name__ == "__main__":`` guard); this pays off only when cores are free.
+    (small tensors stay in cache, which beats intra-op threading on few cores); ``workers`` > 1 runs blocks
+    in that many spawned processes (``tasks.pool.run_jobs``: ``fn`` must be a module-level function); this
+    pays off only when cores are free.
     ``sizes`` (items per job) drives the progress bar.
     """
     from tqdm import tqdm
 
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    from tasks.pool import run_jobs
+
     sizes = sizes or [1] * len(jobs)
     bar = tqdm(total=sum(sizes), desc=desc, unit="img", disable=not progress or not jobs)
-    results: list = [None] * len(jobs)
-    if workers == 1 or len(jobs) <= 1:
-        for i, job in enumerate(jobs):
-            results[i] = _call_single_threaded(fn, job)
-            bar.update(sizes[i])
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_call_single_threaded, fn, job): i for i, job in enumerate(jobs)}
-            for fut in as_completed(futures):
-                i = futures[fut]
-                results[i] = fut.result()
-                bar.update(sizes[i])
-    bar.close()
-    return results
+    try:
+        return run_jobs(_call_single_threaded, [(fn, job) for job in jobs], workers,
+                        on_done=lambda i, _: bar.update(sizes[i]))
+    finally:
+        bar.close()

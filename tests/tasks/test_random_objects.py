@@ -2,6 +2,7 @@
 its summary files, argument checks, unusable run folders (corrupt or foreign checkpoints, existing runs)
 refused with nothing overwritten, reuse of finished runs, Ctrl-C then --resume, and torchrun."""
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -16,8 +17,8 @@ import torch
 
 import tasks.random_objects.experiment as experiment
 from slots.train import CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, load_checkpoint
-from tasks.random_objects import PAPER_TABLE1, format_table
-from tasks.random_objects.__main__ import QUICK, build_parser, config_from_args, main
+from tasks.random_objects import BUDGETS, PAPER_TABLE1, RandomObjectsConfig, format_table
+from tasks.random_objects.__main__ import build_parser, config_from_args, main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--steps", "3", "--n-train", "128", "--n-test", "64", "--batch-size", "32", "--variant", "sa",
@@ -80,11 +81,11 @@ def test_end_to_end_writes_table_and_plot(finished):
     assert 0.5 < ours < 1.5  # 3 steps from a zero read-out: about the always-zeros baseline
 
     summary = json.loads((out / "table.json").read_text())
-    assert summary["sigma"] == 0.01 and summary["config"]["steps"] == 3 and summary["config"]["n_test"] == 64
+    assert summary["config"]["sigma"] == 0.01 and summary["config"]["steps"] == 3 and summary["config"]["n_test"] == 64
     (row,) = summary["rows"]
     assert row["name"] == "SA" and row["ours"] == ours and row["per_seed"] == [ours]
     assert row["paper"] == PAPER_TABLE1["sa"][0.01] == 0.65
-    assert summary["zeros_baseline"] == pytest.approx(1.0, abs=0.1)
+    assert summary["baselines"]["always zeros"]["metrics"]["rmse_norm"]["ours"] == pytest.approx(1.0, abs=0.1)
     curves = summary["curves"]["sa"]["seed0"]
     assert curves["eval_step"] == [3] and curves["test_rmse_norm"] == [ours] and curves["train_step"] == [3]
 
@@ -101,8 +102,9 @@ def test_end_to_end_writes_table_and_plot(finished):
 
 def test_table_has_no_paper_figure_for_other_sigmas(finished):
     summary = json.loads((finished[0] / "table.json").read_text())
-    assert experiment._paper_value("sa", 0.05) is None and experiment._paper_value("sa-mesh", 1.0) == 0.24
-    summary["rows"][0]["paper"] = None
+    assert "sa" not in experiment._paper(RandomObjectsConfig(sigma=0.05))
+    assert experiment._paper(RandomObjectsConfig(sigma=1.0))["sa-mesh"]["rmse_norm"] == 0.24
+    summary["rows"][0]["metrics"]["rmse_norm"]["paper"] = None
     row = next(line for line in format_table(summary).splitlines() if line.startswith("| SA |"))
     assert row.split("|")[3].strip() == "-"
 
@@ -149,9 +151,12 @@ def test_command_line_exit_status(tmp_path):
 def test_config_from_args_precedence():
     parse = build_parser().parse_args
     quick = config_from_args(parse(["--quick", "--steps", "7", "--out", "o"]))
-    assert quick.steps == 7 and quick.n_test == QUICK["n_test"] and quick.eval_every == QUICK["eval_every"]
+    assert quick.budget.steps == 7 and quick.config.n_test == BUDGETS["quick"].overrides["n_test"] == 1_280
+    assert quick.budget.eval_every == BUDGETS["quick"].eval_every == 250
     epochs = config_from_args(parse(["--epochs", "2", "--n-train", "100", "--batch-size", "32", "--out", "o"]))
-    assert epochs.steps == 6
+    assert epochs.budget.steps == 6
+    head = config_from_args(parse(["--head", "none", "--out", "o"]))
+    assert head.config.head == "none" and head.config.model("sa").head == "none"
     default = config_from_args(parse(["--sigma", "0.1"]))
     assert default.out == "runs/random_objects/sigma_0.1" and default.variants == experiment.VARIANTS
 
@@ -231,13 +236,13 @@ def test_resume_reuses_finished_run(copy_of):
     assert "== SA" not in stdout  # nothing trained
     for name in ("sa/seed0/ckpt.pt", "sa/seed0/results.json", "sa/seed0/metrics.jsonl"):
         assert after[name] == before[name]
-    assert after["table.md"][0] == before["table.md"][0]  # the same table, written again
+    assert after["table.md"][0].decode() == before["table.md"][0].decode()  # the same table, written again
 
 
 def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = []
-    real_loss = experiment._loss
+    real_loss = experiment.TASK.loss
 
     def loss(model, batch):
         calls.append(1)
@@ -245,7 +250,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, monk
             signal.raise_signal(signal.SIGINT)
         return real_loss(model, batch)
 
-    monkeypatch.setattr(experiment, "_loss", loss)
+    monkeypatch.setattr(experiment, "TASK", dataclasses.replace(experiment.TASK, loss=loss))
     code, _, stderr = run_main([*TINY, "--out", out])
     assert code == 130
     assert "interrupted at step 2" in stderr and "rerun with --resume" in stderr
@@ -303,3 +308,37 @@ def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
         assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
     tables = [json.loads((tmp_path / mode / "table.json").read_text())["rows"] for mode in ("serial", "parallel")]
     assert [r["ours"] for r in tables[0]] == [r["ours"] for r in tables[1]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ideal-routing floor and the spread over seeds
+
+
+def test_ideal_routing_floor():
+    from tasks.random_objects.data import make_split
+
+    g = torch.Generator().manual_seed(0)
+    # objects with zero mean over their features and one norm: LayerNorm only rescales them, so a linear
+    # read-out recovers them exactly
+    x = torch.randn(200, 5, 32, generator=g, dtype=torch.float64)
+    x = x - x.mean(2, keepdim=True)
+    x = x / x.norm(dim=2, keepdim=True)
+    assert experiment.ideal_routing_rmse(x, 0.2) < 1e-6
+    # Gaussian objects lose their mean and scale: the floor lies between the mean-only loss sqrt(1 / 32) and
+    # what the plain rescaled LayerNorm output scores, and (eps aside) does not depend on sigma
+    test = make_split("test", 2_000, 1.0, 0)
+    floor = experiment.ideal_routing_rmse(test.objects, 1.0)
+    rescaled = torch.nn.functional.layer_norm(test.objects, (32,))
+    assert (1 / 32) ** 0.5 < floor < float(experiment.normalized_hungarian_rmse(rescaled, test.objects, 1.0))
+    small = make_split("test", 2_000, 0.1, 0)
+    assert experiment.ideal_routing_rmse(small.objects, 0.1) == pytest.approx(floor, abs=2e-3)
+
+
+def test_table_shows_floor_and_median_range(finished):
+    summary = json.loads((finished[0] / "table.json").read_text())
+    floor = summary["baselines"][experiment.IDEAL_ROUTING]["metrics"]["rmse_norm"]
+    assert floor["paper"] is None and 0.15 < floor["ours"] < 0.3
+    assert f"| {experiment.IDEAL_ROUTING} | {floor['ours']:.3f} | - |" in format_table(summary)
+    row = summary["rows"][0]
+    row["metrics"]["rmse_norm"].update(per_seed=[0.5, 0.7, 0.6], ours=0.6, min=0.5, max=0.7)
+    assert "| SA | 0.600 [0.500, 0.700] | 0.65 |" in format_table(summary)

@@ -1,0 +1,592 @@
+"""The one experiment runner of the paper's tasks: variants x seeds, parallel runs, resume, the table next to
+the paper's figures, a plot of the headline metric against steps, and the command line.
+
+A task is a spec, :class:`Task`: its name, a dataclass of data and model options, functions that load the
+data, build the model of a variant, compute the loss and evaluate, the metrics of its table, the paper's
+figures and named training budgets. Everything else is here, once::
+
+    TASK = Task(name="my_task", config=MyConfig, variants={"sa": "SA", "sa-mesh": "SA-MESH"}, ...)
+
+    if __name__ == "__main__":            # tasks/my_task/__main__.py
+        sys.exit(runner.main(TASK))
+
+Every (variant, seed) is one run of :func:`slots.train.train` in ``<out>/<variant>/seed<s>/``: the seed fixes
+the initial parameters, the training data (``task.load_train(cfg, seed)``) and the data order; the test data
+(``task.load_test(cfg)``) is the same for every run. The summary goes to ``<out>/``:
+
+    table.md, table.json    per variant: each metric aggregated over seeds (the median with its range, or
+                            the mean and standard deviation), the paper's figures labelled as the paper's, the per-seed values of
+                            the headline metric, the step time; table.json adds the per-step curves
+    <task.plot_file>        the headline metric on the test data against training steps
+
+Runs are independent, so ``--jobs`` trains several at once, each in its own spawned process (one per core
+by default on CPU); every run is seeded and built the same way in a worker as in this process, so results do
+not depend on ``--jobs`` (given the same threads per run). ``--resume`` continues interrupted runs from their
+checkpoints and reuses finished ones. Every run folder is checked before anything is trained or written.
+
+Known limits: under ``torchrun`` runs are trained one after the other (each one data-parallel); parallel
+jobs and torchrun do not mix.
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from slots.train import (METRICS_NAME, RESULTS_NAME, CheckpointError, TrainConfig, TrainingInterrupted,
+                         check_resumable, dist_info, is_main_process, seed_everything, train)
+
+from .pool import cores, run_jobs
+
+__all__ = ["Metric", "Budget", "Task", "Experiment", "run", "format_table", "build_parser", "experiment_from_args",
+           "main", "BACKENDS"]
+
+BACKENDS = ("auto", "torch", "cpp", "compile", "triton")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A column of a task's table.
+
+    Attributes:
+        key: the key in ``task.evaluate``'s dict. label: the column header.
+        lower_is_better: direction. fmt: format of our figure (e.g. ".3f"; ".1f" for percentages).
+    """
+
+    key: str
+    label: str
+    lower_is_better: bool = False
+    fmt: str = ".3f"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A named training schedule (the fields of ``slots.train.TrainConfig`` that a task varies) and the task
+    options it changes (``overrides``, e.g. fewer training images for a CPU budget).
+
+    ``warmup_steps`` None is min(1,000, steps / 20); ``decay_steps`` None is steps / 4 (the rate halves every
+    quarter of the run).
+    """
+
+    steps: int
+    batch_size: int
+    lr: float = 4e-4
+    warmup_steps: int | None = None
+    decay_rate: float = 0.5
+    decay_steps: int | None = None
+    grad_clip: float = 1.0
+    eval_every: int = 1_000
+    ckpt_every: int = 1_000
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What makes an experiment: the data, the model, the loss, the evaluation and the paper's table.
+
+    Attributes:
+        name: run-folder and checkpoint id.
+        config: dataclass of the data and model options (``asdict`` JSON-serializable); it may have a
+            ``backend`` field (the OT backend), which ``--backend`` sets.
+        variants: variant -> display name, in table order. default_variants: trained without ``--variant``.
+        load_train: ``(cfg, seed) -> dataset`` with ``len()`` and ``ds[idx]`` for idx a (b,) int64 tensor.
+        load_test: ``(cfg) -> test data``, whatever ``evaluate`` takes.
+        build: ``(cfg, variant) -> nn.Module``, called right after seeding.
+        loss: ``(model, batch) -> () tensor``, a mean over the batch.
+        evaluate: ``(model, test, cfg) -> {metric key: float}``.
+        metrics: the table's metrics; the first is the headline (per-seed values, plot).
+        paper: ``(cfg) -> {variant or baseline name: {metric key: figure or (mean, std)}}``, the paper's.
+        paper_label: where the paper's figures come from, e.g. "Table 1, median of 5 seeds".
+        budgets: name -> :class:`Budget`; default_budget: the one used without ``--budget``.
+        describe: ``(cfg, budget, seeds) -> str``, the sentence above the table.
+        aggregate: "median" or "mean" (mean and standard deviation) over seeds.
+        baselines: optional ``(cfg, test) -> {name: {metric key: float}}``, rows of reference predictors.
+        after_train: optional ``(model, test, cfg, run_dir)``: e.g. pictures, after a run is trained.
+        model_config: optional ``(cfg, variant) -> dict``, the model's full configuration, stored with each
+            run (so that a changed default is not resumed silently).
+        validate: optional ``(cfg, budget)``: raises ValueError for options that do not fit together.
+        add_arguments: optional ``(parser, steps_group)``: the task's own command-line options
+            (``steps_group``: the mutually exclusive group of ``--steps``, for options that set the steps).
+        options_from_args: optional ``(args) -> {config field: value}`` for the options given.
+        plot_file: file name of the plot.
+        time_vs: variant whose step time is the unit of the "time vs" column (None: no column).
+    """
+
+    name: str
+    config: type
+    variants: Mapping[str, str]
+    default_variants: tuple[str, ...]
+    load_train: Callable[[Any, int], Any]
+    load_test: Callable[[Any], Any]
+    build: Callable[[Any, str], nn.Module]
+    loss: Callable[[nn.Module, Any], torch.Tensor]
+    evaluate: Callable[[nn.Module, Any, Any], dict]
+    metrics: tuple[Metric, ...]
+    paper: Callable[[Any], Mapping[str, Mapping[str, Any]]]
+    paper_label: str
+    budgets: Mapping[str, Budget]
+    default_budget: str
+    describe: Callable[[Any, Budget, int], str]
+    aggregate: str = "median"
+    baselines: Callable[[Any, Any], Mapping[str, Mapping[str, float]]] | None = None
+    after_train: Callable[[nn.Module, Any, Any, Path], None] | None = None
+    model_config: Callable[[Any, str], dict] | None = None
+    validate: Callable[[Any, Budget], None] | None = None
+    add_arguments: Callable[[argparse.ArgumentParser, Any], None] | None = None
+    options_from_args: Callable[[argparse.Namespace], dict] | None = None
+    plot_file: str = "curves.png"
+    time_vs: str | None = "sa"
+
+    @property
+    def headline(self) -> Metric:
+        return self.metrics[0]
+
+
+@dataclass
+class Experiment:
+    """One invocation: the task's options, the budget, and the grid of runs.
+
+    Attributes:
+        config: an instance of ``task.config``. budget: the training schedule (overrides already applied
+            to ``config``). variants: in table order. seeds: seeds 0 .. seeds - 1. out: the summary folder.
+        resume: continue interrupted runs and reuse finished ones.
+        jobs: runs trained at once in separate processes; 0 is one per core on CPU (at most the number of
+            runs), one on CUDA or under torchrun.
+        num_threads: torch threads per run (None: torch's default; with jobs > 1, cores / jobs).
+        progress: progress bars (never in worker processes).
+    """
+
+    config: Any
+    budget: Budget
+    variants: tuple[str, ...]
+    out: str
+    seeds: int = 1
+    resume: bool = False
+    jobs: int = 0
+    num_threads: int | None = None
+    progress: bool = True
+
+    def train_config(self, task: Task, variant: str, seed: int, num_threads: int | None = None,
+                     progress: bool | None = None) -> TrainConfig:
+        """The training-loop configuration of one run; ``num_threads`` and ``progress`` override the
+        experiment's (they do not affect results or resumption)."""
+        b = self.budget
+        return TrainConfig(
+            out_dir=str(run_dir(self, variant, seed)), steps=b.steps, batch_size=b.batch_size, lr=b.lr,
+            warmup_steps=min(1_000, b.steps // 20) if b.warmup_steps is None else b.warmup_steps,
+            decay_rate=b.decay_rate, decay_steps=max(1, b.steps // 4) if b.decay_steps is None else b.decay_steps,
+            grad_clip=b.grad_clip, seed=seed, log_every=min(50, b.steps), eval_every=b.eval_every,
+            ckpt_every=b.ckpt_every, resume=self.resume,
+            num_threads=self.num_threads if num_threads is None else num_threads,
+            progress=self.progress if progress is None else progress)
+
+
+def run_dir(exp: Experiment, variant: str, seed: int) -> Path:
+    """The run folder of one (variant, seed)."""
+    return Path(exp.out) / variant / f"seed{seed}"
+
+
+def task_config(task: Task, exp: Experiment, variant: str, seed: int) -> dict:
+    """What fixes a run's data and model (stored in its checkpoints and compared on resume)."""
+    config = {**asdict(exp.config), "variant": variant, "seed": seed}
+    if task.model_config is not None:
+        config["model"] = task.model_config(exp.config, variant)
+    return config
+
+
+def _check_out(out: str) -> None:
+    """The summary folder must be a folder or creatable: no file at it or at any folder above it."""
+    for p in (Path(out), *Path(out).parents):
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == Path(out) else f"is under {p}, which is a file"
+            raise ValueError(f"run folder {out} {where}; choose another --out")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training the runs
+
+
+def _train_one(task: Task, exp: Experiment, variant: str, seed: int, train_cfg: TrainConfig, test=None,
+               train_set=None, label: str = "") -> dict:
+    """Seed, build and train one (variant, seed); the same in this process and in a worker."""
+    test = task.load_test(exp.config) if test is None else test
+    train_set = task.load_train(exp.config, seed) if train_set is None else train_set
+    seed_everything(seed)
+    model = task.build(exp.config, variant)
+    results = train(train_cfg, model, train_set, task.loss, lambda m: task.evaluate(m, test, exp.config),
+                    task=task.name, task_config=task_config(task, exp, variant, seed), label=label)
+    if task.after_train is not None and is_main_process():
+        model.eval()
+        with torch.no_grad():
+            task.after_train(model, test, exp.config, run_dir(exp, variant, seed))
+    return results
+
+
+def _worker(task: Task, exp: Experiment, variant: str, seed: int, threads: int) -> dict:
+    """One run in a worker process (module level, so that spawned processes can import it)."""
+    label = f"[{task.variants[variant]} seed {seed}] "
+    return _train_one(task, exp, variant, seed, exp.train_config(task, variant, seed, threads, False), label=label)
+
+
+def _finished(task: Task, exp: Experiment, variant: str, seed: int) -> dict | None:
+    """The results of a finished run that ``resume`` can reuse, else None (a foreign one is an error)."""
+    path = run_dir(exp, variant, seed) / RESULTS_NAME
+    if not exp.resume or not path.exists():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} cannot be read: {e}") from None
+    mine = json.loads(json.dumps(task_config(task, exp, variant, seed)))
+    if results.get("task") != task.name or results.get("task_config") != mine:
+        raise CheckpointError(f"{path} belongs to another task or configuration; choose another --out")
+    step = results.get("step", 0)
+    if step > exp.budget.steps:  # reusing it would report a longer run under this run's budget
+        raise CheckpointError(f"{path} is a finished run of {step} steps, more than the {exp.budget.steps} "
+                              "asked for; choose another --out or --steps")
+    return results if step >= exp.budget.steps else None
+
+
+def _resolve_jobs(exp: Experiment, n_pending: int) -> int:
+    if exp.jobs != 0:
+        return min(exp.jobs, max(1, n_pending))
+    if torch.cuda.is_available() or dist_info()[1] > 1:
+        return 1
+    return max(1, min(cores(), n_pending))
+
+
+def _train_parallel(task: Task, exp: Experiment, pending: list, jobs: int) -> dict:
+    if dist_info()[1] > 1:
+        raise ValueError("jobs > 1 cannot be combined with torchrun; use one or the other")
+    threads = exp.num_threads or max(1, cores() // jobs)
+    print(f"== {len(pending)} runs in {jobs} processes, {threads} torch thread(s) each: "
+          + ", ".join(f"{task.variants[v]} seed {s}" for v, s in pending), flush=True)
+    headline = task.headline.key
+
+    def done(i, result):
+        v, s = pending[i]
+        print(f"== {task.variants[v]}, seed {s} done: {headline} {result['eval'].get(headline, math.nan):.4g}",
+              flush=True)
+
+    results = run_jobs(_worker, [(task, exp, v, s, threads) for v, s in pending], jobs, on_done=done)
+    return dict(zip(pending, results))
+
+
+def run(task: Task, exp: Experiment) -> dict:
+    """Train every (variant, seed) of ``exp`` and summarize them (see the module docstring).
+
+    Returns:
+        The summary written to table.json: "task", "config" (the task options, the budget and the grid),
+        "describe" (the table's sentence), "rows" (per variant: "variant", "name", "metrics" {key: {"ours",
+        "std", "min", "max", "per_seed", "paper"}}, and for the headline "ours", "per_seed", "paper"; "step_ms", "time_vs"),
+        "baselines" {name: {"metrics": {key: {"ours", "paper"}}}}, "curves" (per variant, per seed).
+
+    Raises:
+        ValueError / CheckpointError before anything is trained or written if a run folder cannot be used
+        (a file in the way, an existing run without ``resume``, an unreadable or foreign checkpoint or result).
+    """
+    _check_out(exp.out)
+    unknown = [v for v in exp.variants if v not in task.variants]
+    if unknown or not exp.variants:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(task.variants)}")
+    if task.validate is not None:
+        task.validate(exp.config, exp.budget)
+    runs = [(v, s) for v in exp.variants for s in range(exp.seeds)]
+    reuse = {}
+    for v, s in runs:  # every run folder is checked before anything is trained
+        # also for finished runs: their checkpoint holds the training configuration, which results.json's
+        # task_config does not cover
+        check_resumable(exp.train_config(task, v, s), task.name, task_config(task, exp, v, s))
+        reuse[v, s] = _finished(task, exp, v, s)
+
+    test = task.load_test(exp.config)
+    results = {run: r for run, r in reuse.items() if r is not None}
+    pending = [run for run in runs if reuse[run] is None]
+    order = list(task.variants)[::-1]  # the variants listed last are the slowest: start them first
+    pending.sort(key=lambda run: (order.index(run[0]), run[1]))
+    jobs = _resolve_jobs(exp, len(pending))
+    if jobs > 1:
+        results.update(_train_parallel(task, exp, pending, jobs))
+    else:
+        train_sets = {}
+        for v, s in sorted(pending, key=lambda run: (exp.variants.index(run[0]), run[1])):
+            if s not in train_sets:
+                train_sets[s] = task.load_train(exp.config, s)
+            if is_main_process():
+                print(f"== {task.variants[v]}, seed {s}: {exp.budget.steps} steps -> {run_dir(exp, v, s)}",
+                      flush=True)
+            results[v, s] = _train_one(task, exp, v, s, exp.train_config(task, v, s), test, train_sets[s])
+    summary = summarize(task, exp, results, test)
+    if is_main_process():
+        out = Path(exp.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(format_table(task, summary) + "\n")
+        (out / "table.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _plot(task, summary, out / task.plot_file)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Summary, table, plot
+
+
+def _curves(path: Path, metrics: tuple[Metric, ...]) -> dict:
+    records = []
+    if path.exists():
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    evals = [r for r in records if r.get("split") == "eval"]
+    trains = [r for r in records if r.get("split") == "train"]
+    curves = {"eval_step": [r["step"] for r in evals]}
+    for m in metrics:
+        curves[f"test_{m.key}"] = [r.get(m.key) for r in evals]
+    curves.update(train_step=[r["step"] for r in trains], train_loss=[r["loss"] for r in trains])
+    return curves
+
+
+def _aggregate(values: list[float], how: str) -> dict:
+    """{"ours": median or mean, "std": standard deviation over seeds (mean only, with several seeds) or None,
+    "min", "max"}."""
+    spread = {"min": min(values), "max": max(values)}
+    if how == "median":
+        return {"ours": statistics.median(values), "std": None, **spread}
+    return {"ours": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None, **spread}
+
+
+def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
+    """The summary of finished runs ``results`` {(variant, seed): results dict} (see :func:`run`)."""
+    paper = task.paper(exp.config)
+    rows, curves = [], {}
+    for v in exp.variants:
+        cells = {}
+        for m in task.metrics:
+            per_seed = [results[v, s]["eval"][m.key] for s in range(exp.seeds)]
+            cells[m.key] = {**_aggregate(per_seed, task.aggregate), "per_seed": per_seed,
+                            "paper": paper.get(v, {}).get(m.key)}
+        step_ms = [results[v, s]["train_step_ms"] for s in range(exp.seeds)]
+        step_ms = [t for t in step_ms if t is not None]
+        head = cells[task.headline.key]
+        rows.append({"variant": v, "name": task.variants[v], "ours": head["ours"], "per_seed": head["per_seed"],
+                     "paper": head["paper"], "metrics": cells,
+                     "step_ms": statistics.median(step_ms) if step_ms else None})
+        curves[v] = {f"seed{s}": _curves(run_dir(exp, v, s) / METRICS_NAME, task.metrics) for s in range(exp.seeds)}
+    unit = next((r["step_ms"] for r in rows if r["variant"] == task.time_vs), None)
+    for r in rows:
+        r["time_vs"] = r["step_ms"] / unit if unit and r["step_ms"] else None
+    baselines = {}
+    for name, values in (task.baselines(exp.config, test) if task.baselines else {}).items():
+        baselines[name] = {"metrics": {m.key: {"ours": values.get(m.key), "paper": paper.get(name, {}).get(m.key)}
+                                       for m in task.metrics}}
+    config = {**asdict(exp.config), **{k: v for k, v in asdict(exp.budget).items() if k != "overrides"},
+              "variants": list(exp.variants), "seeds": exp.seeds, "out": exp.out}
+    return {"task": task.name, "config": config, "describe": task.describe(exp.config, exp.budget, exp.seeds),
+            "aggregate": task.aggregate, "rows": rows, "baselines": baselines, "curves": curves}
+
+
+def _fmt_paper(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (tuple, list)):
+        return f"{value[0]:g} ± {value[1]:g}"
+    return f"{value:g}"
+
+
+def _fmt_ours(cell: dict, metric: Metric) -> str:
+    if cell["ours"] is None:
+        return "-"
+    text = format(cell["ours"], metric.fmt)
+    if cell.get("std") is not None:
+        text += " ± " + format(cell["std"], metric.fmt)
+    elif len(cell.get("per_seed", ())) > 1:  # a median: its range over seeds
+        text += f" [{cell['min']:{metric.fmt}}, {cell['max']:{metric.fmt}}]"
+    return text
+
+
+def format_table(task: Task, summary: dict) -> str:
+    """The markdown table of a summary from :func:`run`: our figures and the paper's side by side."""
+    single = len(task.metrics) == 1
+    head = task.headline
+    has_time = any(r["time_vs"] is not None for r in summary["rows"])
+    if single:
+        metric_cols = ["ours", f"paper ({task.paper_label})", "ours per seed"]
+    else:
+        metric_cols = [c for m in task.metrics for c in (f"ours {m.label}", f"paper {m.label}")]
+        metric_cols.append(f"ours per seed ({head.label})")
+    cols = ["model", *metric_cols, "step time (ms)"] + ([f"time vs {task.variants[task.time_vs]}"] if has_time else [])
+    lines = [summary["describe"], "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    if not single:
+        lines.insert(1, f"\nThe paper's figures: {task.paper_label}.")
+
+    def cells(metrics: dict) -> list[str]:
+        return [c for m in task.metrics for c in (_fmt_ours(metrics[m.key], m), _fmt_paper(metrics[m.key]["paper"]))]
+
+    for r in summary["rows"]:
+        seeds = ", ".join(format(x, head.fmt) for x in r["metrics"][head.key]["per_seed"])
+        ms = f"{r['step_ms']:.1f}" if r["step_ms"] is not None else "-"
+        row = [r["name"], *cells(r["metrics"]), seeds, ms]
+        if has_time:
+            row.append(f"{r['time_vs']:.2f}x" if r["time_vs"] is not None else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    for name, b in summary["baselines"].items():
+        row = [name, *cells({k: {**c, "std": None} for k, c in b["metrics"].items()}), "-", "-"]
+        if has_time:
+            row.append("-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _plot(task: Task, summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = task.headline.key
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (variant, per_seed) in enumerate(summary["curves"].items()):
+        for j, c in enumerate(per_seed.values()):
+            steps = [s for s, y in zip(c["eval_step"], c[f"test_{key}"]) if y is not None]
+            ys = [y for y in c[f"test_{key}"] if y is not None]
+            ax.plot(steps, ys, color=f"C{i}", label=task.variants[variant] if j == 0 else None,
+                    alpha=1.0 if j == 0 else 0.4)
+    for k, (name, b) in enumerate(summary["baselines"].items()):
+        value = b["metrics"][key]["ours"]
+        if value is not None:
+            ax.axhline(value, color="gray", ls=("--", ":", "-.")[k % 3], lw=1, label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"test {task.headline.label}")
+    ax.set_title(summary["describe"].split(":")[0])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def float_at_least_zero(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def int_at_least(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
+        return value
+    return parse
+
+
+def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
+    """The command line of ``task``: the grid and schedule options of every task, then the task's own."""
+    p = argparse.ArgumentParser(prog=f"python -m tasks.{task.name}", description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--variant", action="append", choices=list(task.variants), dest="variants",
+                   help=f"variant to train (repeatable); default: {', '.join(task.default_variants)}")
+    p.add_argument("--seeds", type=int_at_least(1), default=1,
+                   help=f"seeds 0..N-1; the table shows the {task.aggregate}")
+    p.add_argument("--budget", choices=list(task.budgets), default=task.default_budget,
+                   help="training budget: " + "; ".join(f"{k}: {b.steps:,} steps of batch {b.batch_size}"
+                                                         + (f" ({b.note})" if b.note else "")
+                                                         for k, b in task.budgets.items()))
+    steps_group = p.add_mutually_exclusive_group()
+    steps_group.add_argument("--steps", type=int_at_least(1), help="optimizer steps per run (default: the budget's)")
+    p.add_argument("--batch-size", type=int_at_least(1), help="batch size (default: the budget's)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the budget's)")
+    p.add_argument("--grad-clip", type=float_at_least_zero,
+                   help="clip the global gradient norm to this value, 0: no clipping (default: the budget's)")
+    p.add_argument("--eval-every", type=int_at_least(0), help="steps between test evaluations (default: the budget's)")
+    p.add_argument("--ckpt-every", type=int_at_least(0), help="steps between checkpoints (default: the budget's)")
+    p.add_argument("--out", help=f"run folder (default runs/{task.name}/...)")
+    p.add_argument("--resume", action="store_true", help="continue runs from their checkpoints and reuse finished runs")
+    if any(f.name == "backend" for f in fields(task.config)):
+        p.add_argument("--backend", choices=BACKENDS, default="auto",
+                       help="OT kernels: auto = the fused C++ loops on CPU, Triton on CUDA")
+    p.add_argument("--jobs", type=int_at_least(0), default=0,
+                   help="runs trained at the same time in separate processes; 0: one per core on CPU "
+                        "(at most the number of runs), one on CUDA or under torchrun")
+    p.add_argument("--threads", type=int_at_least(1),
+                   help="torch threads per run (default: torch's choice; with several jobs, cores / jobs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if task.add_arguments is not None:
+        task.add_arguments(p, steps_group)
+    return p
+
+
+def experiment_from_args(task: Task, args: argparse.Namespace, default_out: Callable[[Any], str] | None = None
+                         ) -> Experiment:
+    """The :class:`Experiment` of parsed arguments: the task's defaults, then the budget's overrides, then the
+    options given explicitly. ``default_out(cfg)`` names the run folder when ``--out`` is not given."""
+    budget = task.budgets[args.budget]
+    options = dict(budget.overrides)
+    if task.options_from_args is not None:
+        options.update(task.options_from_args(args))
+    if getattr(args, "backend", None) is not None:
+        options["backend"] = args.backend
+    cfg = task.config(**options)
+    schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_clip", "eval_every", "ckpt_every")
+                if getattr(args, k, None) is not None}
+    budget = replace(budget, **schedule)
+    out = args.out or (default_out(cfg) if default_out else f"runs/{task.name}/{args.budget}")
+    return Experiment(config=cfg, budget=budget, variants=tuple(args.variants or task.default_variants), out=out,
+                      seeds=args.seeds, resume=args.resume, jobs=args.jobs, num_threads=args.threads,
+                      progress=not args.no_progress)
+
+
+def main(task: Task, argv=None, description: str = "", default_out=None,
+         experiment: Callable[[argparse.Namespace], Experiment] | None = None) -> int:
+    """Run ``task`` from the command line. Exit status: 0 on success, 2 for bad arguments or an unusable run
+    folder (nothing is written then), 130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues).
+
+    ``experiment(args)`` builds the :class:`Experiment` when the task needs more than
+    :func:`experiment_from_args` (e.g. an option that sets the number of steps)."""
+    parser = build_parser(task, description)
+    args = parser.parse_args(argv)
+    try:
+        exp = experiment(args) if experiment else experiment_from_args(task, args, default_out)
+        exp.variants = tuple(dict.fromkeys(exp.variants))
+        summary = run(task, exp)
+    except TrainingInterrupted as e:
+        print(f"\n{e}; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except ValueError as e:  # includes slots.train.CheckpointError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if is_main_process():
+        print()
+        print(format_table(task, summary))
+        print(f"\nwritten to {exp.out}/ (table.md, table.json, {task.plot_file})")
+    return 0

@@ -1,0 +1,190 @@
+"""Tests of the shared experiment runner (``tasks.runner``) on a toy task: the summary and table of a task with
+several metrics and mean +- std over seeds, baseline rows, the after-train hook, budgets and their overrides,
+and run folders that cannot be used (refused in one line, exit status 2, nothing written)."""
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tasks import runner
+from tasks.pool import run_jobs
+
+
+@dataclass
+class ToyConfig:
+    n_train: int = 64
+    noise: float = 0.1
+
+
+class _Toy:
+    def __init__(self, n: int, noise: float, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5]) + noise * torch.randn(n, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, idx):
+        return self.x[idx], self.y[idx]
+
+
+def _build(cfg, variant):
+    model = nn.Linear(3, 1)
+    if variant == "zero":
+        nn.init.zeros_(model.weight)
+    return model
+
+
+def _loss(model, batch):
+    x, y = batch
+    return ((model(x).squeeze(1) - y) ** 2).mean()
+
+
+def _evaluate(model, test, cfg):
+    mse = float(_loss(model, (test.x, test.y)))
+    return {"mse": mse, "score": 100 / (1 + mse)}
+
+
+def _after_train(model, test, cfg, run_dir):
+    (run_dir / "after.txt").write_text(f"{_evaluate(model, test, cfg)['mse']!r}")
+
+
+def _describe(cfg, budget, seeds):
+    return f"Toy regression: {budget.steps} steps, mean of {seeds} seed(s)."
+
+
+def _validate(cfg, budget):
+    if cfg.n_train < budget.batch_size:
+        raise ValueError("n_train must be at least one batch")
+
+
+TOY = runner.Task(
+    name="toy", config=ToyConfig, variants={"sa": "Plain", "zero": "Zero-init"}, default_variants=("sa", "zero"),
+    load_train=lambda cfg, seed: _Toy(cfg.n_train, cfg.noise, 1 + seed), load_test=lambda cfg: _Toy(32, 0.0, 0),
+    build=_build, loss=_loss, evaluate=_evaluate,
+    metrics=(runner.Metric("score", "score", fmt=".1f"), runner.Metric("mse", "MSE", lower_is_better=True)),
+    paper=lambda cfg: {"zero": {"score": (90.0, 1.5)}, "predict 0": {"mse": 4.0}},
+    paper_label="Table 0, mean ± std", describe=_describe, aggregate="mean",
+    budgets={"cpu": runner.Budget(steps=6, batch_size=16, lr=0.05, eval_every=3, ckpt_every=3),
+             "paper": runner.Budget(steps=10, batch_size=16, overrides={"n_train": 128})},
+    default_budget="cpu", baselines=lambda cfg, test: {"predict 0": {"mse": float((test.y ** 2).mean()),
+                                                                      "score": 0.0}},
+    after_train=_after_train, validate=_validate, plot_file="score.png")
+
+
+def run_main(argv, task=TOY):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = runner.main(task, [str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_summary_table_and_hooks(tmp_path):
+    out = tmp_path / "toy"
+    code, stdout, stderr = run_main(["--seeds", "2", "--jobs", "1", "--threads", "1", "--no-progress", "--out", out])
+    assert code == 0, stderr
+    summary = json.loads((out / "table.json").read_text())
+    assert [r["name"] for r in summary["rows"]] == ["Plain", "Zero-init"]
+    for row in summary["rows"]:
+        per_seed = [json.loads((out / row["variant"] / f"seed{s}" / "results.json").read_text())["eval"]
+                    for s in range(2)]
+        cell = row["metrics"]["score"]
+        assert cell["per_seed"] == [e["score"] for e in per_seed] == row["per_seed"]
+        assert cell["ours"] == pytest.approx(sum(cell["per_seed"]) / 2) == row["ours"]
+        assert cell["std"] == pytest.approx(abs(cell["per_seed"][0] - cell["per_seed"][1]) / 2 ** 0.5)
+        assert row["metrics"]["mse"]["ours"] == pytest.approx((per_seed[0]["mse"] + per_seed[1]["mse"]) / 2)
+        for s in range(2):  # the hook ran on the trained model of every run
+            assert float((out / row["variant"] / f"seed{s}" / "after.txt").read_text()) == per_seed[s]["mse"]
+        assert row["step_ms"] > 0
+    assert summary["rows"][0]["time_vs"] == 1.0
+    assert summary["rows"][1]["metrics"]["score"]["paper"] == [90.0, 1.5]
+    assert summary["rows"][0]["metrics"]["score"]["paper"] is None
+    zero_mse = summary["baselines"]["predict 0"]["metrics"]["mse"]
+    assert zero_mse["paper"] == 4.0 and zero_mse["ours"] > 0.5
+    assert summary["curves"]["zero"]["seed1"]["eval_step"] == [3, 6]
+
+    table = (out / "table.md").read_text()
+    lines = table.splitlines()
+    assert lines[0] == "Toy regression: 6 steps, mean of 2 seed(s)."
+    assert "The paper's figures: Table 0, mean ± std." in table
+    header = next(line for line in lines if line.startswith("| model"))
+    assert [c.strip() for c in header.strip("| ").split("|")] == [
+        "model", "ours score", "paper score", "ours MSE", "paper MSE", "ours per seed (score)", "step time (ms)",
+        "time vs Plain"]
+    zero = summary["rows"][1]["metrics"]["score"]
+    assert f"| Zero-init | {zero['ours']:.1f} ± {zero['std']:.1f} | 90 ± 1.5 |" in table
+    assert f"| predict 0 | 0.0 | - | {zero_mse['ours']:.3f} | 4 |" in table
+    assert table.strip() in stdout
+    assert (out / "score.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_overrides_and_explicit_options():
+    parse = runner.build_parser(TOY).parse_args
+    paper = runner.experiment_from_args(TOY, parse(["--budget", "paper"]))
+    assert paper.budget.steps == 10 and paper.config.n_train == 128 and paper.out == "runs/toy/paper"
+    mine = runner.experiment_from_args(TOY, parse(["--budget", "paper", "--steps", "4", "--lr", "0.1",
+                                                   "--grad-clip", "0"]))
+    assert mine.budget.steps == 4 and mine.budget.lr == 0.1 and mine.budget.batch_size == 16
+    assert mine.budget.grad_clip == 0 and paper.budget.grad_clip == 1.0
+    train_cfg = mine.train_config(TOY, "sa", 1)
+    assert train_cfg.warmup_steps == 0 and train_cfg.decay_steps == 1 and train_cfg.seed == 1
+    assert train_cfg.out_dir == str(Path("runs/toy/paper/sa/seed1"))
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_unusable_out_folder_is_refused_before_any_work(tmp_path, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    out = blocker if where == "file" else blocker / "sub" / "run"
+    code, stdout, stderr = run_main(["--no-progress", "--out", out])
+    assert code == 2 and stdout == ""
+    assert stderr.count("\n") == 1 and stderr.startswith(f"error: run folder {out} ")
+    assert ("is a file" if where == "file" else f"is under {blocker}, which is a file") in stderr
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--grad-clip", "-1"], "argument --grad-clip: must be a finite number >= 0, got -1"),
+    (["--grad-clip", "x"], "argument --grad-clip: 'x' is not a number"),
+    (["--budget", "gpu"], "argument --budget: invalid choice"),
+    (["--variant", "sa-foo"], "argument --variant: invalid choice"),
+])
+def test_bad_arguments_exit_2(tmp_path, args, match):
+    code, _, stderr = run_main([*args, "--out", tmp_path / "x"])
+    assert code == 2 and match in stderr and "usage:" in stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_task_validation_runs_before_any_work(tmp_path):
+    code, _, stderr = run_main(["--batch-size", "128", "--out", tmp_path / "x"])
+    assert code == 2 and stderr == "error: n_train must be at least one batch\n"
+    assert not (tmp_path / "x").exists()
+
+
+def _square_plus(x, y):
+    return x * x + y
+
+
+def test_run_jobs_keeps_job_order_and_reports_each_job():
+    done = []
+    assert run_jobs(_square_plus, [(3, 1), (2, 0), (5, 5)], 2, on_done=lambda i, r: done.append((i, r))) == [10, 4, 30]
+    assert sorted(done) == [(0, 10), (1, 4), (2, 30)]
+    assert run_jobs(_square_plus, [(1, 1)], 1) == [2]
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        run_jobs(_square_plus, [], 0)
