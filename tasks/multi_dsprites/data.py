@@ -225,23 +225,23 @@ def read_multi_dsprites_tfrecord(path: str | Path, start: int = 0, count: int | 
     ch = 1 if variant == "binarized" else 3
     hw = IMAGE_SIZE * IMAGE_SIZE
     images, masks = [], []
-    bar = tqdm(total=count, desc=f"reading {path.name}", unit="rec", disable=not progress)
-    for i, ex in enumerate(read_examples(path, bytes_as="uint8", verify=verify, start=start, count=count)):
-        rec = start + i
-        for key, want in (("image", hw * ch), ("mask", hw * ents)):
-            got = ex.get(key)
-            if not isinstance(got, np.ndarray) or got.dtype != np.uint8:
-                raise DataFormatError(f"{path}: record {rec} has no bytes feature {key!r} "
-                                      f"(features: {sorted(ex)})")
-            if got.size != want:
-                raise DataFormatError(f"{path}: record {rec}: feature {key!r} has {got.size} bytes, expected "
-                                      f"{want} (64x64x{want // hw}); is variant={variant!r} right?")
-        img = ex["image"].reshape(IMAGE_SIZE, IMAGE_SIZE, ch).transpose(2, 0, 1)  # (C, H, W)
-        images.append(np.repeat(img, 3, axis=0) if ch == 1 else img)
-        ent = ex["mask"].reshape(IMAGE_SIZE, IMAGE_SIZE, ents).transpose(2, 0, 1)  # (E, H, W)
-        masks.append(entity_masks_to_index(ent[None])[0])
-        bar.update(1)
-    bar.close()
+    # the bar is closed on errors too, so that the error message starts a line of its own
+    with tqdm(total=count, desc=f"reading {path.name}", unit="rec", disable=not progress) as bar:
+        for i, ex in enumerate(read_examples(path, bytes_as="uint8", verify=verify, start=start, count=count)):
+            rec = start + i
+            for key, want in (("image", hw * ch), ("mask", hw * ents)):
+                got = ex.get(key)
+                if not isinstance(got, np.ndarray) or got.dtype != np.uint8:
+                    raise DataFormatError(f"{path}: record {rec} has no bytes feature {key!r} "
+                                          f"(features: {sorted(ex)})")
+                if got.size != want:
+                    raise DataFormatError(f"{path}: record {rec}: feature {key!r} has {got.size} bytes, expected "
+                                          f"{want} (64x64x{want // hw}); is variant={variant!r} right?")
+            img = ex["image"].reshape(IMAGE_SIZE, IMAGE_SIZE, ch).transpose(2, 0, 1)  # (C, H, W)
+            images.append(np.repeat(img, 3, axis=0) if ch == 1 else img)
+            ent = ex["mask"].reshape(IMAGE_SIZE, IMAGE_SIZE, ents).transpose(2, 0, 1)  # (E, H, W)
+            masks.append(entity_masks_to_index(ent[None])[0])
+            bar.update(1)
     if not images:
         raise DataFormatError(f"{path}: no records in range start={start}, count={count}")
     if count is not None and len(images) < count:
