@@ -193,7 +193,9 @@ class _L2Distance(torch.autograd.Function):
         w = torch.where(C > 1e-6, g / C, 0.0)  # (B, n, m)
         gk = gq = None
         if ctx.needs_input_grad[0]:
-            gk = torch.baddbmm(k * w.sum(2, keepdim=True), w, q, alpha=-1)
+            # (B, n, dim): the product into a fresh tensor, then the row-scaled keys added in place (a
+            # baddbmm onto k * rowsum(w) copies that (B, n, dim) tensor first, and is several times slower)
+            gk = torch.bmm(w, q.neg()).addcmul_(k, w.sum(2, keepdim=True))
         if ctx.needs_input_grad[1]:
             gq = torch.baddbmm(q * w.sum(1)[:, :, None], w.transpose(1, 2), k, alpha=-1)
         return gk, gq
