@@ -291,6 +291,56 @@ SLOT_INITS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+class _SetScalarMLP(torch.autograd.Function):
+    """relu(x W1^T + b1) . w2 for every element of a set, x (B, n, d) -> (B, n), without keeping the
+    (B, n, hidden) layer: the input-marginal network h_a of App. A, with a hand-written backward.
+
+    For image inputs (n = 4,096 per image) plain autograd writes, reads and keeps that (B, n, 128) layer
+    several times per step, which costs more than the attention itself. Here rows go in blocks of ``ROWS``
+    per torch thread (a block's hidden layer stays in cache; with several threads each parallel operation
+    gets that much work); the backward recomputes each block's layer h and, with gh = relu'(h) * w2 * g,
+    returns gx = gh W1, gW1 = gh^T x, gb1 = sum_rows gh, gw2 = relu(h)^T g.
+    Reference: the modules of ``_scalar_mlp`` applied one by one (the tests compare values and gradients).
+    """
+
+    ROWS = 2048
+
+    @staticmethod
+    def _blocks(n: int) -> range:
+        return range(0, n, _SetScalarMLP.ROWS * torch.get_num_threads())
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2):
+        xf = x.reshape(-1, x.shape[-1])  # (B n, d)
+        out = x.new_empty(xf.shape[0])
+        blocks = _SetScalarMLP._blocks(xf.shape[0])
+        for s in blocks:
+            rows = slice(s, s + blocks.step)
+            h = torch.addmm(b1, xf[rows], w1.t()).relu_()  # (rows, hidden)
+            torch.mv(h, w2, out=out[rows])
+        ctx.save_for_backward(x, w1, b1, w2)
+        return out.view(x.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w1, b1, w2 = ctx.saved_tensors
+        xf, gf = x.reshape(-1, x.shape[-1]), g.reshape(-1)
+        gx = torch.empty_like(xf) if ctx.needs_input_grad[0] else None
+        gw1, gb1, gw2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
+        blocks = _SetScalarMLP._blocks(xf.shape[0])
+        for s in blocks:
+            rows = slice(s, s + blocks.step)
+            xs, gs = xf[rows], gf[rows]
+            act = torch.addmm(b1, xs, w1.t()).relu_()  # (rows, hidden)
+            gw2.addmv_(act.t(), gs)
+            gh = act.sign_().mul_(w2).mul_(gs[:, None])  # relu'(h) * w2 * g
+            gw1.addmm_(gh.t(), xs)
+            gb1.add_(gh.sum(0))
+            if gx is not None:
+                torch.mm(gh, w1, out=gx[rows])
+        return (None if gx is None else gx.view(x.shape)), gw1, gb1, gw2
+
+
 def _scalar_mlp(d_in: int, hidden: int) -> nn.Sequential:
     """h_a / h_b of App. A: R^d_in -> R, shared over the set elements."""
     return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1, bias=False))
@@ -338,14 +388,13 @@ class SlotAttention(nn.Module):
             self.slots_init = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, config.n_slots, d)))
 
     # -----------------------------------------------------------------------------------------------
-    def _input_marginal(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
-        """a (B, n), summing to n_slots, from the marginal network's hidden layer before its ReLU
-        (B, n, mlp_hidden), or uniform when ``hidden`` is None. x (B, n, .) gives shape, dtype and device."""
+    def _input_marginal(self, x: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
+        """a (B, n), summing to n_slots, from the marginal network's outputs h_a (B, n), or uniform when
+        ``logits`` is None. x (B, n, .) gives shape, dtype and device."""
         m = self.config.n_slots
-        if hidden is None:
+        if logits is None:
             return x.new_full(x.shape[:2], m / x.shape[1])
-        rest = self.input_marginal[1:]  # ReLU, Linear(hidden, 1)
-        return m * torch.softmax(rest(hidden).squeeze(2), dim=1)
+        return m * torch.softmax(logits, dim=1)
 
     def _slot_marginal(self, zn: torch.Tensor) -> torch.Tensor:
         """zn (B, m, dim) normalized slots -> b (B, m), summing to n_slots."""
@@ -369,12 +418,11 @@ class SlotAttention(nn.Module):
             raise ValueError(f"variant {self.config.variant!r} has no OT marginals")
         self._check_inputs(x, slots)
         xn = self.norm_inputs(x)
-        hidden = self.input_marginal[0](xn) if self.config.ot.learned_marginals else None
-        return self._input_marginal(xn, hidden), self._slot_marginal(self.norm_slots(slots))
+        logits = self.input_marginal(xn).squeeze(2) if self.config.ot.learned_marginals else None
+        return self._input_marginal(xn, logits), self._slot_marginal(self.norm_slots(slots))
 
     def _input_projections(self, x: torch.Tensor):
-        """k, v (B, n, dim) and, with learned marginals, the marginal network's hidden layer before its
-        ReLU (B, n, mlp_hidden).
+        """k, v (B, n, dim) and, with learned marginals, the marginal network's outputs h_a (B, n).
 
         With LN(x) = gamma * xhat + beta, a linear map of LN(x) is W LN(x) + c = xhat (W gamma)^T +
         (W beta + c): the LayerNorm's affine is folded into the (small) weights. The values are those
@@ -389,10 +437,12 @@ class SlotAttention(nn.Module):
             c = linear.weight @ ln.bias
             return F.linear(xhat, linear.weight * ln.weight, c if linear.bias is None else c + linear.bias)
 
-        hidden = None
+        logits = None
         if self._variant.is_ot and self.config.ot.learned_marginals:
-            hidden = folded(self.input_marginal[0])
-        return folded(self.to_k), folded(self.to_v), hidden
+            first, last = self.input_marginal[0], self.input_marginal[2]
+            logits = _SetScalarMLP.apply(xhat, first.weight * ln.weight, first.weight @ ln.bias + first.bias,
+                                         last.weight[0])  # (B, n)
+        return folded(self.to_k), folded(self.to_v), logits
 
     def _check_inputs(self, x, slots) -> None:
         cfg = self.config
@@ -464,8 +514,8 @@ class SlotAttention(nn.Module):
         """``forward`` after the input checks: x (B, n, input_dim), slots (B, n_slots, dim) or None."""
         cfg = self.config
         B, n, _ = x.shape
-        k, v, hidden = self._input_projections(x)  # (B, n, dim) each: to_k, to_v of LN(x)
-        a = self._input_marginal(x, hidden) if self._variant.is_ot else None  # (B, n)
+        k, v, logits = self._input_projections(x)  # (B, n, dim) each: to_k, to_v of LN(x); (B, n) or None
+        a = self._input_marginal(x, logits) if self._variant.is_ot else None  # (B, n)
         noise = torch.randn(B, n, cfg.n_slots, device=x.device, dtype=x.dtype) if self._variant.needs_noise else None
         if slots is None:
             slots = self._init(self, B, x.device, x.dtype)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from slots import ATTENTION_VARIANTS, COSTS, OTConfig, SlotAttention, SlotAttentionConfig
+from slots.attention import _SetScalarMLP
 
 VARIANTS = sorted(ATTENTION_VARIANTS)
 OT_VARIANTS = [v for v in VARIANTS if v != "sa"]
@@ -277,35 +278,51 @@ def test_l2_cost_matches_cdist_with_finite_gradients():
 
 
 @pytest.mark.parametrize("learned", [True, False])
-def test_folded_input_projections_equal_the_modules(learned):
-    """k, v and the marginal network's hidden layer come from xhat with the LayerNorm folded into the
-    weights: values and parameter gradients as applying LayerNorm, to_k, to_v and h_a one by one."""
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_folded_input_projections_equal_the_modules(learned, x_grad, monkeypatch):
+    """k, v and the marginal network's outputs come from xhat with the LayerNorm folded into the weights
+    (the marginal network in row blocks, here of 7 rows): values and gradients (parameters and, when it
+    needs one, x) as applying LayerNorm, to_k, to_v and h_a one by one."""
+    monkeypatch.setattr(_SetScalarMLP, "ROWS", 7)
     sa = make("sa-sh", "l2", ot=OTConfig(learned_marginals=learned)).double()
     with torch.no_grad():
         sa.norm_inputs.weight.uniform_(0.5, 1.5)
         sa.norm_inputs.bias.uniform_(-0.5, 0.5)
-    x = torch.randn(3, 10, 6, dtype=torch.float64)
-    params = [p for p in sa.parameters()]
+    x = torch.randn(3, 10, 6, dtype=torch.float64, requires_grad=x_grad)
+    params = [p for p in sa.parameters()] + ([x] if x_grad else [])
 
-    def grads(k, v, hidden):
+    def grads(k, v, logits):
         loss = (k * torch.arange(k.shape[2], dtype=k.dtype)).sum() + v.pow(2).sum()
-        if hidden is not None:
-            loss = loss + sa._input_marginal(x, hidden).pow(2).sum()
+        if logits is not None:
+            loss = loss + sa._input_marginal(x, logits).pow(2).sum()
         return torch.autograd.grad(loss, params, allow_unused=True)
 
-    k, v, hidden = sa._input_projections(x)
+    k, v, logits = sa._input_projections(x)
     xn = sa.norm_inputs(x)
     k_ref, v_ref = sa.to_k(xn), sa.to_v(xn)
-    h_ref = sa.input_marginal[0](xn) if learned else None
-    assert (hidden is None) == (not learned)
+    h_ref = sa.input_marginal(xn).squeeze(2) if learned else None
+    assert (logits is None) == (not learned)
     torch.testing.assert_close(k, k_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(v, v_ref, rtol=1e-12, atol=1e-12)
     if learned:
-        torch.testing.assert_close(hidden, h_ref, rtol=1e-12, atol=1e-12)
-    for g, g_ref in zip(grads(k, v, hidden), grads(k_ref, v_ref, h_ref)):
+        torch.testing.assert_close(logits, h_ref, rtol=1e-12, atol=1e-12)
+    for g, g_ref in zip(grads(k, v, logits), grads(k_ref, v_ref, h_ref)):
         assert (g is None) == (g_ref is None)
         if g is not None:
             torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [3, 2048])
+def test_set_scalar_mlp_gradcheck_float64(rows, monkeypatch):
+    monkeypatch.setattr(_SetScalarMLP, "ROWS", rows)
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    b1 = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_SetScalarMLP.apply, (x, w1, b1, w2))
+    ref = torch.relu(x @ w1.T + b1) @ w2  # the plain reference
+    torch.testing.assert_close(_SetScalarMLP.apply(x, w1, b1, w2), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_per_slot_init_is_one_learned_vector_per_slot():
