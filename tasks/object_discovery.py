@@ -5,8 +5,8 @@ variant, the loss, the FG-ARI / FG-mIoU evaluation, the fixed-regions baseline, 
 
 Data: a ``SceneData`` split (uint8 images (N, 3, S, S), index masks (N, S, S), 0 = background) is checked
 (:func:`check_scenes`) and, for a reduced budget, resized to the run's resolution R (images bilinear with
-antialiasing, masks nearest) once, in memory (:class:`ImageSet`). A batch is a dict: ``images`` float
-(b, 3, R, R) in [-1, 1] and ``masks`` int64 (b, R, R).
+antialiasing, masks nearest) once, in memory (:class:`ImageSet`). A training batch is a dict holding
+``images`` float (b, 3, R, R) in [-1, 1].
 
 Model (:func:`build_model`): ``slots.SlotAutoencoder`` with the App. F.3 architecture for the task's widths
 (:class:`ModelSpec`), n_slots = max objects + 1, and the official code's slot-attention choices: the scaled
@@ -123,8 +123,9 @@ class ImageSet:
         return self.images.shape[0]
 
     def __getitem__(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """idx (b,) int64 -> {"images": float (b, 3, R, R) in [-1, 1], "masks": int64 (b, R, R)}."""
-        return {"images": to_model_range(self.images[idx]), "masks": self.masks[idx].long()}
+        """idx (b,) int64 -> a training batch {"images": float (b, 3, R, R) in [-1, 1]}; the masks (``.masks``)
+        are only read by the evaluation."""
+        return {"images": to_model_range(self.images[idx])}
 
 
 def build_model(spec: ModelSpec, variant: str, resolution: int, n_iters: int = 3, init: str = "learned",
@@ -167,10 +168,11 @@ def evaluate(model: SlotAutoencoder, data: ImageSet, batch_size: int = 64) -> di
     """FG-ARI and FG-mIoU in percent (mean over images with foreground) and the reconstruction MSE."""
     ari, miou, sq = [], [], 0.0
     for s in range(0, len(data), batch_size):
-        batch = data[torch.arange(s, min(s + batch_size, len(data)))]
-        out = model(batch["images"])
-        sq += float(F.mse_loss(out.recon, batch["images"], reduction="sum"))
-        a, m = _scores(out.masks, batch["masks"])
+        idx = torch.arange(s, min(s + batch_size, len(data)))
+        images = data[idx]["images"]
+        out = model(images)
+        sq += float(F.mse_loss(out.recon, images, reduction="sum"))
+        a, m = _scores(out.masks, data.masks[idx])
         ari.append(a)
         miou.append(m)
     return {**_summary(ari, miou), "mse": sq / data.images.numel()}
@@ -253,12 +255,13 @@ def save_examples(model: SlotAutoencoder, data: ImageSet, path: str | Path, indi
     rows = []
     for i in range(len(idx)):
         top = [u8(img[i]), u8(recon[i])] + [u8(img[i] * attn[i, k, :, :, None]) for k in range(K)]
-        bottom = [colorize_masks(batch["masks"][i]), colorize_masks(seg[i])]
+        bottom = [colorize_masks(data.masks[idx[i]]), colorize_masks(seg[i])]
         bottom += [u8(img[i] * out.masks[i, k, :, :, None]) for k in range(K)]
         rows += [top, bottom]
     ph = s * R
     head = 18 if title else 0
-    canvas = np.full((head + len(rows) * (ph + gap) + len(rows) // 2 * gap + gap, (K + 2) * (ph + gap) + 3 * gap, 3), 255, np.uint8)
+    height = head + len(rows) * (ph + gap) + len(rows) // 2 * gap + gap
+    canvas = np.full((height, (K + 2) * (ph + gap) + 3 * gap, 3), 255, np.uint8)
     for r, row in enumerate(rows):
         y = head + gap + r * (ph + gap) + (r // 2) * gap  # a wider gap between images
         for c, p in enumerate(row):
@@ -504,7 +507,10 @@ def show_runs(task: Task, ds: ImageDataset, run: str | Path, num: int = 4, out: 
         ValueError (``CheckpointError``) for a folder without checkpoints or a checkpoint of another task.
     """
     run = Path(run)
-    ckpts = [run / CHECKPOINT_NAME] if (run / CHECKPOINT_NAME).is_file() else sorted(run.glob(f"*/seed*/{CHECKPOINT_NAME}"))
+    if (run / CHECKPOINT_NAME).is_file():
+        ckpts = [run / CHECKPOINT_NAME]
+    else:
+        ckpts = sorted(run.glob(f"*/seed*/{CHECKPOINT_NAME}"))
     if not ckpts:
         raise ValueError(f"no {CHECKPOINT_NAME} in {run} or in its <variant>/seed<s>/ folders")
     names = {f.name for f in fields(task.config)}
@@ -528,7 +534,8 @@ def show_runs(task: Task, ds: ImageDataset, run: str | Path, num: int = 4, out: 
     return written
 
 
-def show_command(argv, name: str, load_samples: Callable[[Any], SceneData], spec: Callable[[], tuple[Task, ImageDataset]],
+def show_command(argv, name: str, load_samples: Callable[[Any], SceneData],
+                 spec: Callable[[], tuple[Task, ImageDataset]],
                  add_arguments: Callable[[Any], None] | None = None) -> int:
     """``python -m tasks.<name>.show``: without ``--run``, a grid of data samples (``load_samples(args)``, see
     ``tasks.scenes.show``); with ``--run DIR``, :func:`show_runs` for the task ``spec()`` returns (imported
@@ -552,6 +559,7 @@ def show_command(argv, name: str, load_samples: Callable[[Any], SceneData], spec
         print("\n".join(f"wrote {p}" for p in paths))
         return 0
     data = load_samples(args)
-    out = save_grid(data.images[:args.num], data.masks[:args.num], args.out or f"{name}_samples.png", ncols=args.ncols)
+    out = save_grid(data.images[:args.num], data.masks[:args.num], args.out or f"{name}_samples.png",
+                    ncols=args.ncols)
     print(f"wrote {out} ({min(args.num, len(data))} samples, {data.meta.get('source')})")
     return 0
