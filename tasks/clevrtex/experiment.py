@@ -9,8 +9,9 @@ encoder and decoder, slots of 128, slot-attention MLP 256.
 
 Budgets: "paper" is the paper's schedule (530 epochs of the 40,000 training images at batch 64: 331,250
 steps; Adam 4e-4, warm-up 10k, halved every 100k steps; gradient norm clipped at 0.1), for a GPU. "cpu" (the
-default without a GPU) is a short run that shows the pipeline training end to end on two cores: 32x32 images,
-2,048 generated training images, 256 test images. "quick" is a check of a minute or two.
+default without a GPU) is a short run that shows the pipeline training end to end on two cores: 300 steps of
+batch 16 on 32x32 images, 2,048 generated training images, 256 test images. "quick" is a check of a minute
+or two.
 
 Known limits: the generator renders about four images a second per core, so the CPU budget uses few images;
 the "cpu" budget is far too short for slots to bind to ClevrTex's textured objects.
@@ -33,8 +34,8 @@ PAPER_TABLE4 = {
 DATA_VARIANTS = ("full", "camo", "grassbg", "pbg", "vbg", "outd")
 BUDGETS = {
     "paper": paper_budget(SPLITS["train"][1]),
-    "cpu": Budget(steps=600, batch_size=16, lr=4e-4, warmup_steps=100, decay_rate=0.5, decay_steps=600,
-                  grad_clip=0.1, eval_every=200, ckpt_every=100,
+    "cpu": Budget(steps=300, batch_size=16, lr=4e-4, warmup_steps=50, decay_rate=0.5, decay_steps=300,
+                  grad_clip=0.1, eval_every=100, ckpt_every=50,
                   overrides={"resolution": 32, "n_train": 2_048, "n_test": 256},
                   note="a short CPU run: the pipeline end to end, not a result"),
     "quick": Budget(steps=20, batch_size=8, warmup_steps=5, decay_steps=20, grad_clip=0.1, eval_every=10,
