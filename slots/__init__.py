@@ -6,7 +6,7 @@ rows = inputs and columns = slots, as in ``kernels``. Images (B, C, H, W) in [-1
 object-discovery autoencoder of ``slots.vision``.
 """
 from .attention import ATTENTION_VARIANTS, COSTS, SLOT_INITS, OTConfig, SlotAttention, SlotAttentionConfig
-from .losses import hungarian_match, hungarian_mse_loss, pairwise_mse
+from .losses import hungarian_huber_loss, hungarian_match, hungarian_mse_loss, pairwise_huber, pairwise_mse
 from .metrics import (
     CLEVR_AP_THRESHOLDS,
     clevr_average_precision,
@@ -37,8 +37,10 @@ __all__ = [
     "COSTS",
     "SLOT_INITS",
     "hungarian_mse_loss",
+    "hungarian_huber_loss",
     "hungarian_match",
     "pairwise_mse",
+    "pairwise_huber",
     "normalized_hungarian_rmse",
     "clevr_average_precision",
     "CLEVR_AP_THRESHOLDS",
