@@ -26,6 +26,7 @@ from .vision import (
     SpatialBroadcastDecoder,
     build_grid,
     image_autoencoder_config,
+    native_bf16,
     to_model_range,
 )
 
@@ -57,5 +58,6 @@ __all__ = [
     "SpatialBroadcastDecoder",
     "build_grid",
     "image_autoencoder_config",
+    "native_bf16",
     "to_model_range",
 ]

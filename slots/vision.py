@@ -33,8 +33,8 @@ model, which the tests and benchmarks use as the reference):
   instead of a convolution over B K tiled images (k^2 times fewer multiply-adds; zero padding at the
   borders is accounted for exactly because M is computed with the same padding).
 * ``bf16``: the convolution stacks of encoder and decoder run under ``torch.autocast`` in bfloat16 (on CPU
-  it needs AVX-512 BF16 or AMX to be fast); everything else, slot attention and the OT kernels included,
-  stays in the input's dtype (float32).
+  it needs AVX-512 BF16 or AMX to be fast: ``native_bf16``); everything else, slot attention and the OT
+  kernels included, stays in the input's dtype (float32).
 * ``channels_last``: convolution weights and activations in NHWC memory order (oneDNN's fast layout on the
   CPU); the flattening of encoder features to (B, h * w, C) is then a view.
 
@@ -58,7 +58,7 @@ from .attention import SlotAttention, SlotAttentionConfig
 __all__ = [
     "EncoderConfig", "DecoderConfig", "SlotAutoencoderConfig", "CNNEncoder", "SoftPositionEmbed",
     "SpatialBroadcastDecoder", "SlotAutoencoder", "AutoencoderOutput", "build_grid", "to_model_range",
-    "image_autoencoder_config",
+    "image_autoencoder_config", "native_bf16",
 ]
 
 
@@ -292,6 +292,17 @@ def image_autoencoder_config(n_slots: int, variant: str, cost: str, *, resolutio
 
 # ---------------------------------------------------------------------------------------------------
 # Modules
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether bfloat16 convolutions are fast on ``device``: CUDA with bfloat16 support, or a CPU with
+    AVX-512 BF16 or AMX (elsewhere bfloat16 is emulated and slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                 "_is_amx_tile_supported"))
 
 
 def _autocast(x: torch.Tensor, enabled: bool):

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from slots import (SLOT_INITS, OTConfig, SlotAutoencoder, SlotAutoencoderConfig, fg_ari, fg_miou,
-                   image_autoencoder_config, to_model_range)
+                   image_autoencoder_config, native_bf16, to_model_range)
 from slots.train import CHECKPOINT_NAME, load_checkpoint
 from tasks.scenes.records import DataFormatError, SceneData
 from tasks.scenes.show import colorize_masks, save_grid, show_parser
@@ -65,7 +65,8 @@ __all__ = ["ModelSpec", "ImageSet", "check_scenes", "build_model", "reconstructi
 # Cost of each variant, as the official MESH configuration (original_slot_attention: dot_prod; others: l2).
 VARIANT_COSTS = {"sa": "dot", "sa-sh": "l2", "sa-emd": "l2", "sa-mesh": "l2"}
 VARIANT_NAMES = {"sa": "SA", "sa-sh": "SA-SH", "sa-mesh": "SA-MESH", "sa-emd": "SA-EMD"}  # slowest last
-METRICS = (Metric("fg_ari", "FG-ARI (%)", fmt=".1f"), Metric("fg_miou", "FG-mIoU (%)", fmt=".1f"),
+METRICS = (Metric("fg_ari", "FG-ARI (%)", fmt=".1f", paper_fmt=".1f"),
+           Metric("fg_miou", "FG-mIoU (%)", fmt=".1f", paper_fmt=".1f"),
            Metric("mse", "MSE", lower_is_better=True, fmt=".4f"))
 EXAMPLES = "examples.png"  # the App. J picture in every run folder
 
@@ -133,8 +134,9 @@ def build_model(spec: ModelSpec, variant: str, resolution: int, n_iters: int = 3
     """The autoencoder of a variant ("sa", "sa-sh", "sa-emd", "sa-mesh") at ``resolution`` (module docstring).
 
     ``n_iters`` and ``init`` ("learned" or "per_slot") are App. H's ablations; ``fast=False`` is the plain
-    float32 eager model (no bf16 autocast, channels-last or factored broadcast); ``ot`` overrides the OT
-    options (default: the official code's, with the raw plan).
+    float32 eager model (no bf16 autocast, channels-last or factored broadcast; with ``fast`` the bf16
+    autocast is on only where bfloat16 is native, ``slots.native_bf16``); ``ot`` overrides the OT options
+    (default: the official code's, with the raw plan).
     """
     if variant not in VARIANT_COSTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANT_COSTS)}")
@@ -142,7 +144,8 @@ def build_model(spec: ModelSpec, variant: str, resolution: int, n_iters: int = 3
         spec.n_slots, variant, VARIANT_COSTS[variant], resolution=resolution, channels=spec.channels,
         slot_dim=spec.slot_dim, mlp_hidden=spec.mlp_hidden, n_iters=n_iters, init=init,
         ot=ot if ot is not None else OTConfig(normalize_plan=False),
-        bf16=fast, channels_last=fast, factored_broadcast=fast)
+        bf16=fast and native_bf16("cuda" if torch.cuda.is_available() else "cpu"), channels_last=fast,
+        factored_broadcast=fast)
     return SlotAutoencoder(cfg)
 
 
@@ -372,9 +375,9 @@ def _read_split(ds: ImageDataset, split: str, cfg: ObjectDiscoveryConfig) -> Ima
     return ImageSet(data, cfg.resolution)
 
 
-def prepare(ds: ImageDataset, cfg: ObjectDiscoveryConfig) -> None:
+def prepare(ds: ImageDataset, cfg: ObjectDiscoveryConfig, progress: bool = True) -> None:
     """Read and check both splits (the readers cache them), so that bad input stops the runner before any run
-    folder is written or a worker starts."""
+    folder is written or a worker starts (the runner's ``Task.prepare``)."""
     for split in ("train", "test"):
         load_split(ds, split, cfg)
 
@@ -384,7 +387,6 @@ def _load_train(ds: ImageDataset, cfg: ObjectDiscoveryConfig, seed: int) -> Imag
 
 
 def _load_test(ds: ImageDataset, cfg: ObjectDiscoveryConfig) -> ImageSet:
-    prepare(ds, cfg)
     return load_split(ds, "test", cfg)
 
 
@@ -494,7 +496,7 @@ def make_task(name: str, config: type, ds: ImageDataset, paper: Callable[[Any], 
         describe=functools.partial(_describe, ds), aggregate="mean", baselines=functools.partial(_baselines, ds),
         after_train=functools.partial(_after_train, ds), model_config=functools.partial(_model_config, ds),
         validate=_validate, add_arguments=functools.partial(add_arguments, data_variants=data_variants),
-        options_from_args=options_from_args, plot_file="fg_ari_vs_steps.png")
+        options_from_args=options_from_args, plot_file="fg_ari_vs_steps.png", prepare=functools.partial(prepare, ds))
 
 
 def show_runs(task: Task, ds: ImageDataset, run: str | Path, num: int = 4, out: str | Path | None = None) -> list[Path]:

@@ -26,6 +26,7 @@ __all__ = ["MultiDspritesConfig", "TASK", "BUDGETS", "PAPER_TABLE3", "DATASET"]
 
 # Table 3 of Zhang et al. (ICML 2023), mean ± std over 5 seeds, in %: the paper's figures, not ours.
 PAPER_TABLE3 = {
+    "SA (Locatello et al., 2020)": {"fg_ari": (91.3, 0.3)},
     "sa": {"fg_ari": (92.2, 0.5), "fg_miou": (24.3, 5.4)},
     "sa-sh": {"fg_ari": (87.2, 1.8), "fg_miou": (84.0, 3.1)},
     "sa-mesh": {"fg_ari": (95.6, 0.2), "fg_miou": (86.2, 2.2)},

@@ -1,8 +1,6 @@
 """Tests of the object-discovery commands (``python -m tasks.multi_dsprites``, ``python -m tasks.clevrtex`` and
 their ``show``): a tiny end-to-end run (table, baseline row, plot, pictures), the paper's budgets, options,
 and bad input data refused before any run folder is written (exit status 2, the file and record named)."""
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
@@ -29,17 +27,6 @@ TINY = ["--budget", "quick", "--steps", "4", "--eval-every", "2", "--batch-size"
         "--n-test", "6", "--resolution", "16", "--jobs", "1", "--threads", "1", "--no-progress"]
 
 
-def call(main, argv):
-    """main(argv) -> (exit status, stdout, stderr); argparse errors give their SystemExit code."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(autouse=True)
 def _cache_and_threads(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SA_MESH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
@@ -49,13 +36,13 @@ def _cache_and_threads(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, run_cli):
     """A finished tiny run of SA and SA-MESH on generated Multi-dSprites: (out, exit status, stdout, stderr)."""
     out = tmp_path_factory.mktemp("mds")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SA_MESH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         n = torch.get_num_threads()
-        result = call(mds_main, [*TINY, "--variant", "sa", "--variant", "sa-mesh", "--out", out])
+        result = run_cli(mds_main, [*TINY, "--variant", "sa", "--variant", "sa-mesh", "--out", out])
         torch.set_num_threads(n)
     return (out, *result)
 
@@ -74,24 +61,26 @@ def test_end_to_end_table_baseline_plot_and_pictures(finished):
         assert row["metrics"]["fg_ari"]["paper"] == list(PAPER_TABLE3[row["variant"]]["fg_ari"])
         assert 0 <= row["metrics"]["fg_ari"]["ours"] <= 100
         assert Image.open(out / row["variant"] / "seed0" / EXAMPLES).size[0] > 8 * 96
-    (name, baseline), = summary["baselines"].items()
-    assert "fixed regions" in name and 0 < baseline["metrics"]["fg_ari"]["ours"] <= 100
+    assert list(summary["baselines"]) == ["fixed regions (6 k-means cells)", "SA (Locatello et al., 2020)"]
+    fixed = summary["baselines"]["fixed regions (6 k-means cells)"]["metrics"]
+    assert 0 < fixed["fg_ari"]["ours"] <= 100 and fixed["fg_ari"]["paper"] is None
     table = (out / "table.md").read_text()
     assert "16x16" in table and "16 training images" in table and "6 test images" in table
-    assert "| SA-MESH |" in table and "95.6 ± 0.2" in table and "fixed regions" in table
+    assert "| SA-MESH |" in table and "95.6 ± 0.2" in table and "24.3 ± 5.4" in table and "fixed regions" in table
+    assert "| SA (Locatello et al., 2020) |" in table and "91.3 ± 0.3" in table  # a row of the paper's alone
     assert "Table 3" in stdout
 
 
-def test_show_run_draws_every_run_and_samples_without_run(finished, tmp_path):
+def test_show_run_draws_every_run_and_samples_without_run(finished, tmp_path, run_cli):
     out = finished[0]
-    code, stdout, stderr = call(show_main, ["--run", out, "--num", "2", "--out", tmp_path / "pics"])
+    code, stdout, stderr = run_cli(show_main, ["--run", out, "--num", "2", "--out", tmp_path / "pics"])
     assert code == 0, stderr
     assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == ["sa-mesh_seed0.png", "sa_seed0.png"]
-    code, stdout, _ = call(show_main, ["--run", out / "sa" / "seed0", "--num", "1"])
+    code, stdout, _ = run_cli(show_main, ["--run", out / "sa" / "seed0", "--num", "1"])
     assert code == 0 and str(out / "sa" / "seed0" / EXAMPLES) in stdout
-    code, _, stderr = call(show_main, ["--run", tmp_path])
+    code, _, stderr = run_cli(show_main, ["--run", tmp_path])
     assert code == 2 and CHECKPOINT_NAME in stderr
-    code, stdout, _ = call(show_main, ["--num", "2", "--out", tmp_path / "samples.png"])
+    code, stdout, _ = run_cli(show_main, ["--num", "2", "--out", tmp_path / "samples.png"])
     assert code == 0 and (tmp_path / "samples.png").is_file()
 
 
@@ -122,15 +111,15 @@ def test_model_of_each_variant_is_stored_with_the_run(finished):
     (["--n-train", "2"], "n_train (2) must be at least one batch (4)"),
     (["--resolution", "128"], "resolution 128 exceeds the data's 64x64 images"),
 ])
-def test_bad_options_exit_2_and_write_nothing(tmp_path, args, match):
+def test_bad_options_exit_2_and_write_nothing(tmp_path, args, match, run_cli):
     out = tmp_path / "run"
-    code, _, stderr = call(mds_main, [*TINY, "--variant", "sa", *args, "--out", out])
+    code, _, stderr = run_cli(mds_main, [*TINY, "--variant", "sa", *args, "--out", out])
     assert code == 2 and match in stderr
     assert not out.exists()
 
 
-def test_clevrtex_variant_needs_real_data(tmp_path):
-    code, _, stderr = call(clevrtex_main, [*TINY, "--data-variant", "camo", "--out", tmp_path / "run"])
+def test_clevrtex_variant_needs_real_data(tmp_path, run_cli):
+    code, _, stderr = run_cli(clevrtex_main, [*TINY, "--data-variant", "camo", "--out", tmp_path / "run"])
     assert code == 2 and "needs --data-dir" in stderr
     assert not (tmp_path / "run").exists()
     assert CLEVRTEX.default_variants == ("sa", "sa-sh", "sa-mesh") and "sa-emd" in CLEVRTEX.variants
@@ -165,10 +154,10 @@ def _write_multi_dsprites(folder: Path, n=14, drop_mask_at=None, corrupt=False):
     return path
 
 
-def test_real_multi_dsprites_file_trains(tmp_path, small_splits):
+def test_real_multi_dsprites_file_trains(tmp_path, small_splits, run_cli):
     _write_multi_dsprites(tmp_path)
     out = tmp_path / "run"
-    code, stdout, stderr = call(mds_main, [*TINY, "--variant", "sa", "--n-train", "8", "--n-test", "4",
+    code, stdout, stderr = run_cli(mds_main, [*TINY, "--variant", "sa", "--n-train", "8", "--n-test", "4",
                                            "--data-dir", tmp_path, "--steps", "2", "--out", out])
     assert code == 0, stderr
     assert f"real data from {tmp_path}" in (out / "table.md").read_text()
@@ -178,10 +167,10 @@ def test_real_multi_dsprites_file_trains(tmp_path, small_splits):
     ("corrupt", r"multi_dsprites_colored_on_grayscale\.tfrecords: data CRC mismatch at record 13"),
     ("no mask", r"multi_dsprites_colored_on_grayscale\.tfrecords: record 3 has no bytes feature 'mask'"),
 ])
-def test_bad_multi_dsprites_file_exits_2_before_any_run_folder(tmp_path, small_splits, breakage, match):
+def test_bad_multi_dsprites_file_exits_2_before_any_run_folder(tmp_path, small_splits, breakage, match, run_cli):
     _write_multi_dsprites(tmp_path, drop_mask_at=3 if breakage == "no mask" else None, corrupt=breakage == "corrupt")
     out = tmp_path / "run"
-    code, _, stderr = call(mds_main, [*TINY, "--n-train", "8", "--n-test", "4", "--data-dir", tmp_path,
+    code, _, stderr = run_cli(mds_main, [*TINY, "--n-train", "8", "--n-test", "4", "--data-dir", tmp_path,
                                       "--out", out])
     assert code == 2 and "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
@@ -189,18 +178,18 @@ def test_bad_multi_dsprites_file_exits_2_before_any_run_folder(tmp_path, small_s
     assert not out.exists()
 
 
-def test_wrong_image_size_exits_2_before_any_run_folder(tmp_path, small_splits):
+def test_wrong_image_size_exits_2_before_any_run_folder(tmp_path, small_splits, run_cli):
     with h5py.File(tmp_path / "multi_dsprites.h5", "w") as f:
         f["images"] = np.zeros((14, 32, 32, 3), np.uint8)
         f["masks"] = np.zeros((14, 32, 32), np.uint8)
     out = tmp_path / "run"
-    code, _, stderr = call(mds_main, [*TINY, "--n-train", "8", "--n-test", "4", "--data-dir", tmp_path, "--out", out])
+    code, _, stderr = run_cli(mds_main, [*TINY, "--n-train", "8", "--n-test", "4", "--data-dir", tmp_path, "--out", out])
     assert code == 2
     assert "Multi-dSprites train split" in stderr and "images are (3, 32, 32), expected (3, 64, 64)" in stderr
     assert not out.exists()
 
 
-def test_bad_clevrtex_folder_exits_2_naming_the_file(tmp_path):
+def test_bad_clevrtex_folder_exits_2_naming_the_file(tmp_path, run_cli):
     root = tmp_path / "clevrtex_full"
     root.mkdir()
     rng = np.random.default_rng(0)
@@ -211,12 +200,12 @@ def test_bad_clevrtex_folder_exits_2_naming_the_file(tmp_path):
         Image.fromarray(np.zeros((size[1], size[0]), np.uint8)).save(f"{stem}_flat.png")
         Path(f"{stem}.json").write_text(json.dumps({"objects": []}))
     out = tmp_path / "run"
-    code, _, stderr = call(clevrtex_main, [*TINY, "--data-dir", root, "--out", out])
+    code, _, stderr = run_cli(clevrtex_main, [*TINY, "--data-dir", root, "--out", out])
     assert code == 2 and "CLEVRTEX_full_000007.png: image is 160x120, expected 320x240" in stderr
     assert not out.exists()
     (root / "CLEVRTEX_full_000007.png").unlink()
     Image.fromarray(np.zeros((240, 320, 3), np.uint8)).save(root / "CLEVRTEX_full_000007.png")
     (root / "CLEVRTEX_full_000004_flat.png").unlink()
-    code, _, stderr = call(clevrtex_main, [*TINY, "--data-dir", root, "--out", out])
+    code, _, stderr = run_cli(clevrtex_main, [*TINY, "--data-dir", root, "--out", out])
     assert code == 2 and "CLEVRTEX_full_000004_flat.png does not exist" in stderr
     assert not out.exists()
