@@ -52,12 +52,22 @@ def test_build_model_follows_the_official_choices(variant):
     sa = model.config.slot_attention
     assert sa.cost == ("dot" if variant == "sa" else "l2") and sa.n_slots == 4 and sa.n_iters == 3
     assert sa.ot.normalize_plan is False and sa.ot.mesh_iters == 4 and sa.ot.mesh_lr == 8 and sa.ot.n_sh_iters == 5
-    assert model.config.bf16 and model.config.channels_last and model.config.factored_broadcast
+    assert model.config.channels_last and model.config.factored_broadcast
     plain = build_model(SPEC, variant, 16, n_iters=5, init="per_slot", fast=False)
     assert not (plain.config.bf16 or plain.config.channels_last or plain.config.factored_broadcast)
     assert plain.config.slot_attention.n_iters == 5 and plain.config.slot_attention.init == "per_slot"
     with pytest.raises(ValueError, match="variant"):
         build_model(SPEC, "sa-foo", 16)
+
+
+def test_bf16_only_where_native(monkeypatch):
+    import tasks.object_discovery as od
+
+    monkeypatch.setattr(od, "native_bf16", lambda device: False)
+    cfg = build_model(SPEC, "sa-mesh", 16).config
+    assert not cfg.bf16 and cfg.channels_last and cfg.factored_broadcast
+    monkeypatch.setattr(od, "native_bf16", lambda device: True)
+    assert build_model(SPEC, "sa-mesh", 16).config.bf16
 
 
 def test_reconstruction_loss_trains():
