@@ -37,7 +37,7 @@ def _pinned_threads():
     torch.set_num_threads(before)
 
 
-def _run(benchmark, variant: str, fast: bool):
+def _run(benchmark, variant: str, fast: bool, rounds: int = 3):
     torch.manual_seed(0)
     model = build_model(SPEC, variant, R, fast=fast).to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), 4e-4, weight_decay=0.0, fused=True)  # as slots.train
@@ -53,7 +53,7 @@ def _run(benchmark, variant: str, fast: bool):
             torch.cuda.synchronize()
         return loss.detach()
 
-    return benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
+    return benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("role,fast", [("baseline", False), ("ours", True)], ids=["plain-fp32", "ours"])
@@ -68,6 +68,6 @@ def test_bench_speed_options(benchmark, bench_record, role, fast):
                          ids=["sa", "sa-sh", "sa-mesh"])
 def test_bench_variants(benchmark, bench_record, role, variant):
     benchmark.group = f"object discovery: SA-MESH vs SA (B={B}, {R}x{R}, 6 slots)"
-    loss = _run(benchmark, variant, fast=True)
+    loss = _run(benchmark, variant, fast=True, rounds=5)  # close ratios: more rounds
     bench_record(role, f"{variant}, speed options on")
     assert torch.isfinite(loss)
