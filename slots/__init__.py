@@ -4,7 +4,9 @@ loss and the evaluation metrics of Zhang et al. (ICML 2023).
 Conventions: inputs x (B, n, input_dim), slots (B, n_slots, dim); attention plans (B, n, n_slots) with
 rows = inputs and columns = slots, as in ``kernels``.
 """
-from .attention import ATTENTION_VARIANTS, COSTS, SLOT_INITS, OTConfig, SlotAttention, SlotAttentionConfig
+from .attention import (ATTENTION_VARIANTS, COSTS, MESH_OBJECTIVES, SLOT_INITS, OTConfig, SlotAttention,
+                        SlotAttentionConfig)
+from .mesh_variants import LearnedObjective, MeshVariant, PairSimilarity, entropy_objective, mesh_autograd
 from .losses import hungarian_match, hungarian_mse_loss, pairwise_mse
 from .metrics import (
     CLEVR_AP_THRESHOLDS,
@@ -22,6 +24,12 @@ __all__ = [
     "ATTENTION_VARIANTS",
     "COSTS",
     "SLOT_INITS",
+    "MESH_OBJECTIVES",
+    "mesh_autograd",
+    "entropy_objective",
+    "LearnedObjective",
+    "PairSimilarity",
+    "MeshVariant",
     "hungarian_mse_loss",
     "hungarian_match",
     "pairwise_mse",
