@@ -1,6 +1,7 @@
 """Tests of slots.mesh_variants and of the OTConfig options that use it: the autograd MESH against the
 library's reference, gradients (gradcheck in float64, the first-order step-size gradient), the learned
-objective and pair network, the paper's App. B example, and SlotAttention with each option."""
+objective and pair network, and SlotAttention with each option (the paper's App. B example is in
+tests/tasks/test_analysis.py)."""
 import pytest
 import torch
 
@@ -125,34 +126,6 @@ def test_pair_similarity_is_symmetric_and_column_normalized():
     torch.testing.assert_close(S[:, :, 0], S[:, :, 1])  # twins: equal columns
     perm = torch.tensor([2, 0, 3, 1])
     torch.testing.assert_close(g(z[:, perm]), S[:, perm][:, :, perm])  # permutation-equivariant
-
-
-def _app_b_example(B=400):
-    """App. B: inputs (alpha, beta, gamma) x slots (x, x, y); alpha, beta prefer x, gamma prefers y."""
-    C = (2.0 * torch.tensor([[0, 0, 1], [0, 0, 1], [1, 1, 0]], dtype=F64)).expand(B, 3, 3)
-    ones = torch.ones(B, 3, dtype=F64)
-    S = torch.tensor([[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1]], dtype=F64).expand(B, 3, 3)  # Eq. 17's S
-    noise = torch.randn(B, 3, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
-    return C, ones, S, noise
-
-
-def test_app_b_example_twins_may_swap_but_y_column_stays():
-    """With noise N(0, 1) (where App. B says the regulariser is needed), 400 draws: regularised MESH
-    keeps gamma on y in every draw and splits the twins both ways; plain MESH moves y's column in some."""
-    C, ones, S, noise = _app_b_example()
-    plans = {}
-    for alpha in (0.0, 1.0):
-        C2, u, v = mesh_autograd(C, ones, ones, lr=4.0, noise=noise, noise_scale=1.0, similarity=S, alpha=alpha)
-        plans[alpha], _, _ = kernels.sinkhorn(C2, ones, ones, u=u, v=v)
-    P = plans[1.0]
-    assert P[:, 2, 2].min() > 0.99  # y's column never moves
-    twin_block = P[:, :2, :2]
-    assert twin_block.amax((1, 2)).min() > 0.99  # the twins are split: alpha -> one x, beta -> the other
-    t1 = (P[:, 0, 0] > 0.99).float().mean()  # T1 of Eq. 14
-    t2 = (P[:, 0, 1] > 0.99).float().mean()  # T2 of Eq. 14
-    assert t1 > 0.3 and t2 > 0.3 and t1 + t2 == 1  # both ways, chosen by the noise
-    moved = (plans[0.0][:, 2, 2] < 0.5).sum()
-    assert moved >= 4  # plain MESH from this much noise sometimes sends gamma to an x slot
 
 
 def make(ot, variant="sa-mesh", seed=0):
