@@ -57,11 +57,22 @@ def entropy_objective(P: torch.Tensor, log_P: torch.Tensor) -> torch.Tensor:
 
 
 class LearnedObjective(nn.Module):
-    """f: R -> R, a 2-layer MLP (App. I) applied to every entry of the plan; F(P) = sum_ij f(P_ij)."""
+    """f: R -> R, a 2-layer MLP (App. I) applied to every entry of the plan; F(P) = sum_ij f(P_ij).
+
+    f(p) = sum_k w2_k relu(w1_k p + b_k) is piecewise linear with kinks at p = -b_k / w1_k. The weights
+    start as PyTorch initializes them, but the biases are set so that the kinks lie log-uniformly in
+    [1e-4, 1], where plan entries are: with PyTorch's initial biases most kinks fall outside, and on an
+    interval without a kink f' is a constant c, F = c sum_ij P_ij is fixed by the marginals, MESH's
+    gradient is zero (rounding noise once normalized) and no gradient reaches f. The biases get no
+    gradient (f' is piecewise constant in them); the kinks move as w1 is learned.
+    """
 
     def __init__(self, hidden: int = LEARNED_OBJECTIVE_HIDDEN):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1, bias=False))
+        kinks = torch.logspace(-4, 0, hidden)  # (hidden,)
+        with torch.no_grad():
+            self.net[0].bias.copy_(-self.net[0].weight[:, 0] * kinks)
 
     def elementwise(self, p: torch.Tensor) -> torch.Tensor:
         """f(p) for a tensor of any shape (same shape out)."""

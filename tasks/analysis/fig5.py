@@ -6,11 +6,12 @@ applied to every entry of the plan and summed, minimized by MESH's steps in plac
 trained with the rest of SA-MESH on random objects (``tasks.analysis.training``, sigma 0.01 by default)
 through the MESH steps (second order: ``straight_through=False``). The default budget is short (printed;
 ``--paper-budget`` for Table 1's 20,000 steps). f' is shown at initialization and after training, for
-p in [0.001, 1] (the entries of an attention plan of this model lie in [0, 1]: its input marginals sum
-to 5 over 105 inputs and concentrate on the 5 objects), beside a histogram of the trained model's plan
-entries on test examples. Since MESH normalizes its gradient steps, only the shape and sign of f'
-matter, not its scale; the Pearson correlation of f' with -log p - 1 on the grid is printed. f is
-piecewise linear, so f' is a step function.
+p in [1e-4, 1] on a log axis (the entries of an attention plan of this model lie in [0, 1]: its input
+marginals sum to 5 over 105 inputs), beside a histogram of the trained model's plan entries on test
+examples. Since MESH normalizes its gradient steps, only the shape and sign of f'
+matter, not its scale; the Pearson correlation of f' with -log p - 1 is printed, on a log-spaced grid
+over [1e-4, 1] and on the part of it between the 1st and 99th percentile of the trained plan's entries.
+f is piecewise linear, so f' is a step function.
 
 Writes fig5.png, fig5.csv (p, the entropy's derivative, f' at initialization and after training) and
 the training run (checkpoints, metrics.jsonl, results.json) under run/.
@@ -44,26 +45,34 @@ def compute(out_dir, budget=SHORT, sigma: float = 0.01, seed: int = 0, resume: b
     """Train the learned objective and tabulate the derivatives.
 
     Returns:
-        {"rows": one dict per grid point (p, entropy_derivative, learned_initial, learned_trained),
-         "plan_entries": (N,) tensor of the trained model's plan entries on 64 test examples,
-         "results": the training run's results, "corr_initial" / "corr_trained": Pearson correlation of f'
-         with -log p - 1 on the grid, "budget": the budget}
+        {"rows": one dict per grid point p (log-spaced over [1e-4, 1]): p, entropy_derivative,
+             learned_initial, learned_trained (f' at initialization and after training),
+         "plan_entries": (N,) tensor of the trained model's last-iteration plan entries on 64 test examples,
+         "plan_range": (their 1st, 99th percentile),
+         "corr_initial", "corr_trained": Pearson correlation of f' with -log p - 1 on the grid,
+         "corr_initial_in_range", "corr_trained_in_range": the same on the grid points in plan_range,
+         "results": the training run's results, "budget": the budget}
     """
     initial = build_model(OT, seed).slot_attention.mesh_variant.objective
     model, results = train_sa_mesh(OT, Path(out_dir) / "run", budget, sigma, seed, resume, progress,
                                    label="[learned objective] ")
     trained = model.slot_attention.mesh_variant.objective
-    p = torch.linspace(1e-3, 1.0, points)
-    entropy = -torch.log(p) - 1
-    d0, d1 = initial.derivative(p), trained.derivative(p)
-    rows = [{"p": float(p[i]), "entropy_derivative": float(entropy[i]), "learned_initial": float(d0[i]),
-             "learned_trained": float(d1[i])} for i in range(points)]
     x, _ = make_split("test", 64, sigma, 0)[torch.arange(64)]
     model.eval()
     with torch.no_grad():
         _, plan = model.slot_attention(x)  # (64, 105, 5): the last iteration's plan
-    return {"rows": rows, "plan_entries": plan.flatten(), "results": results, "budget": budget,
-            "corr_initial": _pearson(d0, entropy), "corr_trained": _pearson(d1, entropy)}
+    entries = plan.flatten()
+    lo, hi = (float(q) for q in torch.quantile(entries.double(), torch.tensor([0.01, 0.99], dtype=torch.float64)))
+    p = torch.logspace(-4, 0, points)
+    entropy = -torch.log(p) - 1
+    d0, d1 = initial.derivative(p), trained.derivative(p)
+    rows = [{"p": float(p[i]), "entropy_derivative": float(entropy[i]), "learned_initial": float(d0[i]),
+             "learned_trained": float(d1[i])} for i in range(points)]
+    inside = (p >= lo) & (p <= hi)
+    return {"rows": rows, "plan_entries": entries, "plan_range": (lo, hi), "results": results, "budget": budget,
+            "corr_initial": _pearson(d0, entropy), "corr_trained": _pearson(d1, entropy),
+            "corr_initial_in_range": _pearson(d0[inside], entropy[inside]),
+            "corr_trained_in_range": _pearson(d1[inside], entropy[inside])}
 
 
 def plot(data: dict, path) -> None:
@@ -71,19 +80,21 @@ def plot(data: dict, path) -> None:
     plt = pyplot()
     rows = data["rows"]
     p = [r["p"] for r in rows]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
+    lo, hi = data["plan_range"]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     a.plot(p, [r["entropy_derivative"] for r in rows], color="C0")
     a.set_title("(a) entropy: d/dp (-p log p) = -log p - 1")
     b.plot(p, [r["learned_trained"] for r in rows], color="C1", label="after training")
     b.plot(p, [r["learned_initial"] for r in rows], color="gray", ls="--", label="at initialization")
     budget = data["budget"]
     b.set_title(f"(b) learned f'(p), {budget.steps:,} steps of batch {budget.batch_size}")
-    b.legend(fontsize=8)
     for ax in (a, b):
+        ax.axvspan(lo, hi, color="C2", alpha=0.15, label="1st-99th percentile of plan entries")
+        ax.set_xscale("log")
         ax.set_xlabel("p (plan entry)")
         ax.axhline(0, color="black", lw=0.5)
-    entries = data["plan_entries"].clamp_min(1e-12).log10()
-    c.hist(entries.numpy(), bins=60, color="C2")
+    b.legend(fontsize=8)
+    c.hist(data["plan_entries"].clamp_min(1e-12).log10().numpy(), bins=60, color="C2")
     c.set_yscale("log")
     c.set_xlabel("log10 of plan entry (trained model, 64 test examples)")
     c.set_title("(c) where the plan's entries lie")
@@ -105,7 +116,13 @@ def run(args) -> dict:
     res = data["results"]
     print(f"test normalized RMSE {res['eval']['rmse_norm']:.4f} after {res['step']:,} steps "
           f"({res['train_step_ms'] or float('nan'):.0f} ms per step in this process)")
-    print(f"Pearson correlation of f' with -log p - 1 on [0.001, 1]: {data['corr_initial']:.3f} at initialization, "
-          f"{data['corr_trained']:.3f} after training")
+    lo, hi = data["plan_range"]
+
+    def corr(key: str) -> str:
+        return "undefined (f' constant there)" if math.isnan(data[key]) else f"{data[key]:.3f}"
+
+    print(f"Pearson correlation of f' with -log p - 1 on [1e-4, 1] (log grid): {corr('corr_initial')} at "
+          f"initialization, {corr('corr_trained')} after training; on [{lo:.2g}, {hi:.2g}] (1st-99th percentile "
+          f"of the trained plan's entries): {corr('corr_initial_in_range')}, {corr('corr_trained_in_range')}")
     print(f"written to {out}/ (fig5.png, fig5.csv, run/)")
     return data

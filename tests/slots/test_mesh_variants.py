@@ -192,3 +192,12 @@ def test_config_checks_and_round_trip():
     cfg = SlotAttentionConfig(n_slots=3, dim=4, input_dim=4, ot=OTConfig(mesh_objective="learned",
                                                                         straight_through=False))
     assert SlotAttentionConfig(**cfg.to_dict()) == cfg
+
+
+def test_learned_objective_kinks_start_where_plan_entries_are():
+    torch.manual_seed(0)
+    f = LearnedObjective()
+    kinks = -f.net[0].bias / f.net[0].weight[:, 0]
+    torch.testing.assert_close(kinks, torch.logspace(-4, 0, 32))
+    p = torch.logspace(-4, 0, 400)
+    assert len(torch.unique(f.derivative(p))) > 16  # f' is not constant over the range of plan entries
