@@ -14,7 +14,8 @@ over [1e-4, 1] and on the part of it between the 1st and 99th percentile of the 
 f is piecewise linear, so f' is a step function.
 
 Writes fig5.png, fig5.csv (p, the entropy's derivative, f' at initialization and after training) and
-the training run (checkpoints, metrics.jsonl, results.json) under run/.
+the training run (checkpoints, metrics.jsonl, results.json) under run/; ``--run DIR`` plots a finished
+run instead (e.g. ``runs/analysis/variants/learned-objective``).
 """
 import math
 from pathlib import Path
@@ -25,7 +26,7 @@ from slots import OTConfig
 from tasks.random_objects.data import make_split
 
 from .common import output_dir, pyplot, save_figure, write_csv
-from .training import Budget, add_budget_arguments, budget_from_args, build_model, train_sa_mesh
+from .training import Budget, add_budget_arguments, budget_from_args, build_model, load_run, train_sa_mesh
 
 __all__ = ["OT", "SHORT", "compute", "plot", "add_arguments", "run"]
 
@@ -41,8 +42,9 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def compute(out_dir, budget=SHORT, sigma: float = 0.01, seed: int = 0, resume: bool = False, progress: bool = True,
-            points: int = 1000) -> dict:
-    """Train the learned objective and tabulate the derivatives.
+            points: int = 1000, run_dir=None) -> dict:
+    """Train the learned objective (or read a finished run from ``run_dir``: then budget, sigma and seed are
+    the run's) and tabulate the derivatives.
 
     Returns:
         {"rows": one dict per grid point p (log-spaced over [1e-4, 1]): p, entropy_derivative,
@@ -53,9 +55,12 @@ def compute(out_dir, budget=SHORT, sigma: float = 0.01, seed: int = 0, resume: b
          "corr_initial_in_range", "corr_trained_in_range": the same on the grid points in plan_range,
          "results": the training run's results, "budget": the budget}
     """
+    if run_dir is not None:
+        model, results, budget, sigma, seed = load_run(run_dir, OT)
+    else:
+        model, results = train_sa_mesh(OT, Path(out_dir) / "run", budget, sigma, seed, resume, progress,
+                                       label="[learned objective] ")
     initial = build_model(OT, seed).slot_attention.mesh_variant.objective
-    model, results = train_sa_mesh(OT, Path(out_dir) / "run", budget, sigma, seed, resume, progress,
-                                   label="[learned objective] ")
     trained = model.slot_attention.mesh_variant.objective
     x, _ = make_split("test", 64, sigma, 0)[torch.arange(64)]
     model.eval()
@@ -103,14 +108,22 @@ def plot(data: dict, path) -> None:
 
 def add_arguments(p) -> None:
     add_budget_arguments(p, SHORT)
+    p.add_argument("--run", help="plot a finished run folder of the learned objective (e.g. the variants command's "
+                                 "learned-objective/) instead of training; its budget, sigma and seed apply")
 
 
 def run(args) -> dict:
     budget = budget_from_args(args, SHORT)
     out = output_dir("fig5", args.out)
-    print(f"training SA-MESH with the learned objective: {budget.steps:,} steps of batch {budget.batch_size} "
-          f"(Table 1: 20,000), {budget.n_train:,} training and {budget.n_test:,} test examples, sigma {args.sigma:g}")
-    data = compute(out, budget, args.sigma, args.seed, args.resume, not args.no_progress)
+    if args.run is None:
+        print(f"training SA-MESH with the learned objective: {budget.steps:,} steps of batch {budget.batch_size} "
+              f"(Table 1: 20,000), {budget.n_train:,} training and {budget.n_test:,} test examples, "
+              f"sigma {args.sigma:g}")
+    data = compute(out, budget, args.sigma, args.seed, args.resume, not args.no_progress, run_dir=args.run)
+    if args.run is not None:
+        b = data["budget"]
+        print(f"read the finished run {args.run}: {b.steps:,} steps of batch {b.batch_size} (Table 1: 20,000), "
+              f"{b.n_train:,} training and {b.n_test:,} test examples")
     write_csv(out / "fig5.csv", data["rows"])
     plot(data, out / "fig5.png")
     res = data["results"]

@@ -9,18 +9,20 @@ examples). The metric is the normalized Hungarian RMSE on the test set (``slots.
 the test set being ``make_split("test", n_test, sigma, 0)`` for every run. Runs checkpoint into their
 folder and ``resume=True`` continues them (or reuses a finished one).
 """
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from slots import OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
-from slots.train import TrainConfig, seed_everything, train
+from slots.train import (CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, TrainConfig, load_checkpoint, seed_everything,
+                         train)
 from tasks.random_objects.data import make_split
 from tasks.random_objects.model import ModelConfig, RandomObjectsModel
 
-__all__ = ["Budget", "SHORT", "PAPER", "train_sa_mesh", "eval_curve", "add_budget_arguments", "budget_from_args",
-           "TASK", "build_model"]
+__all__ = ["Budget", "SHORT", "PAPER", "train_sa_mesh", "load_run", "eval_curve", "add_budget_arguments",
+           "budget_from_args", "TASK", "build_model"]
 
 TASK = "analysis_random_objects"
 
@@ -94,12 +96,35 @@ def train_sa_mesh(ot: OTConfig, out_dir, budget: Budget, sigma: float = 0.01, se
     return model, results
 
 
+def load_run(run_dir, ot: OTConfig):
+    """A finished run of :func:`train_sa_mesh` with ``ot``, read back from its folder.
+
+    Returns:
+        (model, results, budget, sigma, seed): the trained model (from the final checkpoint), the run's
+        results dict, its :class:`Budget`, sigma and seed.
+
+    Raises:
+        ValueError (``slots.train.CheckpointError`` for an unreadable checkpoint) if the folder holds no
+        finished run of SA-MESH with ``ot``.
+    """
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    tc = ckpt["task_config"]
+    want = json.loads(json.dumps(ModelConfig(variant="sa-mesh", ot=ot).to_dict()))
+    if ckpt["task"] != TASK or tc.get("model") != want:
+        raise ValueError(f"{run_dir} is not a run of {TASK} with SA-MESH and {ot}")
+    if not (run_dir / RESULTS_NAME).is_file():
+        raise ValueError(f"{run_dir} holds no finished run ({RESULTS_NAME} is missing); finish it with --resume")
+    model = build_model(ot, tc["seed"])
+    model.load_state_dict(ckpt["model"])
+    results = json.loads((run_dir / RESULTS_NAME).read_text())
+    return model, results, Budget(**tc["budget"]), tc["sigma"], tc["seed"]
+
+
 def eval_curve(run_dir) -> tuple[list[int], list[float]]:
     """(steps, test normalized RMSE) of the evaluations recorded in a run folder's metrics.jsonl."""
-    import json
-
     steps, rmse = [], []
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+    for line in (Path(run_dir) / METRICS_NAME).read_text().splitlines():
         r = json.loads(line)
         if r.get("split") == "eval" and "rmse_norm" in r:
             steps.append(r["step"])

@@ -7,7 +7,7 @@ import torch
 
 from tasks.analysis import fig5, variants
 from tasks.analysis.__main__ import main
-from tasks.analysis.training import Budget, build_model, eval_curve, train_sa_mesh
+from tasks.analysis.training import Budget, build_model, eval_curve, load_run, train_sa_mesh
 
 TINY = Budget(steps=3, n_train=64, n_test=32, eval_every=3, batch_size=32)
 
@@ -27,6 +27,22 @@ def test_fig5_derivatives(tmp_path):
     assert data["results"]["step"] == 3 and math.isfinite(data["results"]["eval"]["rmse_norm"])
     again = fig5.compute(tmp_path, TINY, progress=False, points=200, resume=True)  # reuses the finished run
     assert again["rows"] == rows
+    read = fig5.compute(tmp_path / "other", Budget(9, 64, 32, 9), progress=False, points=200,
+                        run_dir=tmp_path / "run")  # a finished run read back: its budget, not the one passed
+    assert read["rows"] == rows and read["budget"] == TINY
+
+
+def test_load_run_reads_back_and_refuses_other_runs(tmp_path):
+    trained, _ = train_sa_mesh(variants.VARIANTS["entropy"], tmp_path, TINY, progress=False)
+    model, results, budget, sigma, seed = load_run(tmp_path, variants.VARIANTS["entropy"])
+    assert (budget, sigma, seed, results["step"]) == (TINY, 0.01, 0, 3)
+    for (name, p), q in zip(model.state_dict().items(), trained.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="is not a run of"):
+        fig5.compute(tmp_path / "x", run_dir=tmp_path)  # a run of another variant
+    (tmp_path / "results.json").unlink()
+    with pytest.raises(ValueError, match="no finished run"):
+        load_run(tmp_path, variants.VARIANTS["entropy"])
 
 
 def test_variants_train_what_they_learn(tmp_path):
