@@ -6,11 +6,11 @@ applied to every entry of the plan and summed, minimized by MESH's steps in plac
 trained with the rest of SA-MESH on random objects (``tasks.analysis.training``, sigma 0.01 by default)
 through the MESH steps (second order: ``straight_through=False``). The default budget is short (printed;
 ``--paper-budget`` for Table 1's 20,000 steps). f' is shown at initialization and after training, for
-p in [1e-4, 1] on a log axis (the entries of an attention plan of this model lie in [0, 1]: its input
+p in [1e-8, 1] on a log axis (the entries of an attention plan of this model lie in [0, 1]: its input
 marginals sum to 5 over 105 inputs), beside a histogram of the trained model's plan entries on test
 examples. Since MESH normalizes its gradient steps, only the shape and sign of f'
 matter, not its scale; the Pearson correlation of f' with -log p - 1 is printed, on a log-spaced grid
-over [1e-4, 1] and on the part of it between the 1st and 99th percentile of the trained plan's entries.
+over [1e-8, 1] and on the part of it between the 1st and 99th percentile of the trained plan's entries.
 f is piecewise linear, so f' is a step function.
 
 Writes fig5.png, fig5.csv (p, the entropy's derivative, f' at initialization and after training) and
@@ -47,7 +47,7 @@ def compute(out_dir, budget=SHORT, sigma: float = 0.01, seed: int = 0, resume: b
     the run's) and tabulate the derivatives.
 
     Returns:
-        {"rows": one dict per grid point p (log-spaced over [1e-4, 1]): p, entropy_derivative,
+        {"rows": one dict per grid point p (log-spaced over [1e-8, 1]): p, entropy_derivative,
              learned_initial, learned_trained (f' at initialization and after training),
          "plan_entries": (N,) tensor of the trained model's last-iteration plan entries on 64 test examples,
          "plan_range": (their 1st, 99th percentile),
@@ -68,7 +68,7 @@ def compute(out_dir, budget=SHORT, sigma: float = 0.01, seed: int = 0, resume: b
         _, plan = model.slot_attention(x)  # (64, 105, 5): the last iteration's plan
     entries = plan.flatten()
     lo, hi = (float(q) for q in torch.quantile(entries.double(), torch.tensor([0.01, 0.99], dtype=torch.float64)))
-    p = torch.logspace(-4, 0, points)
+    p = torch.logspace(-8, 0, points)
     entropy = -torch.log(p) - 1
     d0, d1 = initial.derivative(p), trained.derivative(p)
     rows = [{"p": float(p[i]), "entropy_derivative": float(entropy[i]), "learned_initial": float(d0[i]),
@@ -134,7 +134,7 @@ def run(args) -> dict:
     def corr(key: str) -> str:
         return "undefined (f' constant there)" if math.isnan(data[key]) else f"{data[key]:.3f}"
 
-    print(f"Pearson correlation of f' with -log p - 1 on [1e-4, 1] (log grid): {corr('corr_initial')} at "
+    print(f"Pearson correlation of f' with -log p - 1 on [1e-8, 1] (log grid): {corr('corr_initial')} at "
           f"initialization, {corr('corr_trained')} after training; on [{lo:.2g}, {hi:.2g}] (1st-99th percentile "
           f"of the trained plan's entries): {corr('corr_initial_in_range')}, {corr('corr_trained_in_range')}")
     print(f"written to {out}/ (fig5.png, fig5.csv, run/)")
