@@ -10,7 +10,8 @@ torch tensors, and turns a non-``OPTIMAL`` :class:`Status` into an error naming 
 exact for the integer network simplex, and the resulting error bound, is described in
 :mod:`kernels.exact` and ``transport.hpp``.
 """
-from ._core import SUPPLY_TOTAL, Status, cache_stats, cost_bits, mesh_fwd, sinkhorn_bwd, sinkhorn_fwd, solve_batch
+from ._core import (SUPPLY_TOTAL, Status, cache_stats, cost_bits, mesh_bwd, mesh_fwd, sinkhorn_bwd, sinkhorn_fwd,
+                    solve_batch)
 
 __all__ = ["solve_batch", "Status", "SUPPLY_TOTAL", "cost_bits", "cache_stats", "sinkhorn_fwd", "sinkhorn_bwd",
-           "mesh_fwd"]
+           "mesh_fwd", "mesh_bwd"]

@@ -54,7 +54,9 @@ import math
 
 import torch
 
-__all__ = ["sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd"]
+from .backends import Backend, MeshTrace
+
+__all__ = ["sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd", "mesh_bwd", "chain_mesh_bwd", "BACKEND"]
 
 # Layout. Inside this module every (B, n, m) matrix is held transposed, as a contiguous (B, m, n)
 # tensor (names end in ``t``). With m <= 64 slots and n up to 16k inputs this puts the long axis
@@ -280,15 +282,17 @@ def _scaled_backward(Kt, G, gu, gv, XT, YT, xa, yb, need_marg, M=None, tmp=None)
 # Backend contract
 # ----------------------------------------------------------------------------------------------
 
-def sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0):
+def sinkhorn_fwd(C, log_a, log_b, v0, tau, n_iters, want_plan=False):
     """Unrolled Sinkhorn forward.
 
     Args:
         C (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals (-inf where a marginal is 0);
-        tau > 0; n_iters >= 1; v0 (B, m) warm-start column potentials (zeros for a cold start).
+        v0 (B, m) warm-start column potentials (zeros for a cold start); tau > 0; n_iters >= 1.
 
     Returns:
-        us (n_iters, B, n) = u_1..u_L and vs (n_iters + 1, B, m) = v_0..v_L.
+        us (n_iters, B, n) = u_1..u_L, vs (n_iters + 1, B, m) = v_0..v_L, the plan
+        P = exp(-C / tau + u_L + v_L) (B, n, m) if ``want_plan`` else None, and None (no status: the values
+        are checked before).
     """
     B, n, m = C.shape
     v0f = v0.clamp_min(_neg_big(C.dtype))
@@ -304,15 +308,19 @@ def sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0):
     if bad is not None:
         St = (C[bad] / -tau).transpose(1, 2).contiguous()  # (B', m, n)
         us[:, bad], vs[:, bad] = _log_forward(St, log_a[bad], log_b[bad], v0[bad], n_iters)
-    return us, vs
+    P = None
+    if want_plan:
+        P = torch.div(C, -tau).add_(us[-1][:, :, None]).add_(vs[-1][:, None, :]).exp_()  # (B, n, m)
+    return us, vs, P, None
 
 
-def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P):
-    """Backward of P = exp(-C / tau + u_L + v_L) through the unrolled iterations.
+def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, grad_u=None, grad_v=None):
+    """Backward of P = exp(-C / tau + u_L + v_L) and of (u_L, v_L) through the unrolled iterations.
 
     Args:
         C, log_a, log_b, tau: as in ``sinkhorn_fwd``; us (L, B, n), vs (L + 1, B, m) its outputs.
         grad_P: (B, n, m) upstream gradient of P, or None for the gradient of sum_batch H(P).
+        grad_u (B, n), grad_v (B, m): upstream gradients of u_L and v_L, or None.
 
     Returns:
         grad_C (B, n, m), grad_log_a (B, n), grad_log_b (B, m), grad_v0 (B, m).
@@ -334,6 +342,10 @@ def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P):
         sign = 1.0
         G = torch.mul(Pt, grad_P.transpose(1, 2), out=logPt)
     gu, gv = G.sum(1), G.sum(2)
+    if grad_u is not None:  # the sweep is linear: seeds carry the sign of G
+        gu.add_(grad_u, alpha=sign)
+    if grad_v is not None:
+        gv.add_(grad_v, alpha=sign)
     # P^k = P * A_k B_k^T with A_k = exp(u_k - u_L) (k = 1..L), B_k = exp(v_k - v_L) (k = 0..L)
     XT = C.new_empty(B, 2 * L, n)
     YT = C.new_empty(B, 2 * L, m)
@@ -394,21 +406,22 @@ def _mesh_step(Ct, log_a, log_b, a, b, tau, v0, n_iters, log_min_mass, work):
     return uL, vL, D
 
 
-def mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters, lr, reuse_uv):
+def mesh_fwd(C, log_a, log_b, noise, params, trace=False):
     """The MESH loop (Eq. 9-12) without autograd.
 
     Args:
-        C (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals; tau > 0; noise (B, n, m) standard
-        normal; noise_scale, lr floats; n_mesh_iters >= 0 steps of n_sh_iters >= 1 Sinkhorn iterations;
-        reuse_uv: warm-start each step from the previous step's v (zeros otherwise).
+        C (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals; noise (B, n, m) standard normal;
+        params: ``kernels.MeshParams`` (n_mesh_iters >= 1); trace: also return the costs and warm starts of
+        every step (for ``mesh_bwd``).
 
     Returns:
-        C_T (B, n, m) the moved costs, and u (B, n), v (B, m) of the last step's Sinkhorn
-        (None, None when n_mesh_iters == 0).
+        C_T (B, n, m) the moved costs, u (B, n), v (B, m) of the last step's Sinkhorn, None (no status) and
+        the ``MeshTrace`` or None.
     """
+    tau, lr, n_sh_iters = params.tau, params.lr, params.n_sh_iters
     B, n, m = C.shape
     Ct = C.new_empty(B, m, n)
-    torch.add(C.transpose(1, 2), noise.transpose(1, 2), alpha=noise_scale, out=Ct)  # C'_0^T
+    torch.add(C.transpose(1, 2), noise.transpose(1, 2), alpha=params.noise_scale, out=Ct)  # C'_0^T
     a, b = log_a.exp(), log_b.exp()
     zeros = torch.zeros_like(b)
     log_min_mass = _log_min_mass(log_a, log_b)
@@ -416,7 +429,10 @@ def mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters,
     u = v = None
     v0 = zeros
     work = _workspace(C, B, m, n, n_sh_iters, backward=True)
-    for _ in range(n_mesh_iters):
+    tr = MeshTrace(C.new_empty(params.n_mesh_iters, B, n, m), C.new_empty(params.n_mesh_iters, B, m)) if trace else None
+    for t in range(params.n_mesh_iters):
+        if trace:
+            tr.C[t], tr.v0[t] = Ct.transpose(1, 2), v0
         u, v, D = _mesh_step(Ct, log_a, log_b, a, b, tau, v0, n_sh_iters, log_min_mass, work)
         # g = dH/dC' = D^T / tau;  C' <- C' - lr g / max(||g||, tiny)
         norm = torch.linalg.vector_norm(D, dim=(1, 2)) / tau  # (B,) = ||g||_F: read nm
@@ -427,5 +443,36 @@ def mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters,
             D.mul_(inv[:, None, None])
             coef = torch.full_like(coef, -lr / tau)
         Ct.addcmul_(D, coef[:, None, None])  # read 2nm, write nm
-        v0 = v if reuse_uv else zeros
-    return Ct.transpose(1, 2).contiguous(), u, v
+        v0 = v if params.reuse_uv else zeros
+    return Ct.transpose(1, 2).contiguous(), u, v, None, tr
+
+
+def chain_mesh_bwd(sinkhorn_fwd, sinkhorn_bwd, trace, log_a, log_b, params, grad_u, grad_v):
+    """MESH's warm-start gradient from a backend's Sinkhorn forward and backward.
+
+    Step t's Sinkhorn is recomputed from the recorded C'_t and warm start v_t, then swept backward with the
+    seeds (grad_u, grad_v) on the last step and (0, the gradient of the next step's warm start) before it; C'_t
+    passes its gradient to C unchanged (straight through), so the costs' gradient is the sum over steps.
+    trace: ``MeshTrace`` (T, B, n, m), (T, B, m); grad_u (B, n), grad_v (B, m).
+    Returns grad_C (B, n, m), grad_log_a (B, n), grad_log_b (B, m).
+    """
+    T = params.n_mesh_iters
+    grad_C, ga, gb = torch.zeros_like(trace.C[0]), torch.zeros_like(log_a), torch.zeros_like(log_b)
+    no_plan_grad = torch.zeros_like(trace.C[0])
+    gu, gv = grad_u, grad_v
+    for t in range(T - 1, -1 if params.reuse_uv else T - 2, -1):  # cold starts cut the chain
+        us, vs, _, _ = sinkhorn_fwd(trace.C[t], log_a, log_b, trace.v0[t], params.tau, params.n_sh_iters, False)
+        gC, gla, glb, gv = sinkhorn_bwd(trace.C[t], log_a, log_b, params.tau, us, vs, no_plan_grad, gu, gv)
+        grad_C += gC
+        ga += gla
+        gb += glb
+        gu = None
+    return grad_C, ga, gb
+
+
+def mesh_bwd(trace, log_a, log_b, params, grad_u, grad_v):
+    """``chain_mesh_bwd`` with this module's Sinkhorn."""
+    return chain_mesh_bwd(sinkhorn_fwd, sinkhorn_bwd, trace, log_a, log_b, params, grad_u, grad_v)
+
+
+BACKEND = Backend(sinkhorn_fwd, sinkhorn_bwd, mesh_fwd, mesh_bwd, validates=False, device=None)

@@ -69,7 +69,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd"]
+from .backends import Backend, MeshTrace
+from .torch_ot import chain_mesh_bwd
+
+__all__ = ["sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd", "mesh_bwd", "BACKEND"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,9 +193,10 @@ def _softmax_tiles(s, u_k, v_prev, v_k, la, lb):
 
 
 @triton.jit
-def _terminal_sweep(C_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iters, tau,
-                    HAS_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Row and column sums of Gbar: stores the row sums in ubar[L-1], returns vbar_L (BLOCK_M,).
+def _terminal_sweep(C_ptr, G_ptr, gu_ptr, gv_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iters, tau,
+                    HAS_G: tl.constexpr, HAS_UV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Row and column sums of Gbar (plus the seeds grad_u, grad_v with HAS_UV): stores the row sums in
+    ubar[L-1], returns vbar_L (BLOCK_M,).
 
     Reads n*m (C) [+ n*m (grad_P)] + n elements, writes n.
     """
@@ -202,8 +206,13 @@ def _terminal_sweep(C_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iter
         s, offs, mask, rows, rmask, c = _load_s_tile(C_ptr, pid, r0, n, m, tau, BLOCK_N, BLOCK_M)
         u_last = _vec_n(us_ptr, n_iters - 1, pid, B, n, rows, rmask, float("-inf"))
         gbar = _upstream_tile(s, u_last, v_last, G_ptr, offs, mask, HAS_G)
-        _store_vec_n(ubar_ptr, n_iters - 1, pid, B, n, rows, rmask, tl.sum(gbar, 1))
+        ubar = tl.sum(gbar, 1)
+        if HAS_UV:
+            ubar += _vec_n(gu_ptr, 0, pid, B, n, rows, rmask, 0.0)
+        _store_vec_n(ubar_ptr, n_iters - 1, pid, B, n, rows, rmask, ubar)
         vbar += tl.sum(gbar, 0)
+    if HAS_UV:
+        vbar += _vec_m(gv_ptr, 0, pid, B, m, 0.0, BLOCK_M)
     return vbar
 
 
@@ -231,16 +240,17 @@ def _reverse_sweep(C_ptr, la_ptr, lb, us_ptr, vs_ptr, ubar_ptr, vbar, k, pid, B,
 
 
 @triton.jit
-def _adjoint_sweeps(C_ptr, la_ptr, lb_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B, n, m,
-                    n_iters, tau, HAS_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _adjoint_sweeps(C_ptr, la_ptr, lb_ptr, G_ptr, gu_ptr, gv_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B, n,
+                    m, n_iters, tau, HAS_G: tl.constexpr, HAS_UV: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_M: tl.constexpr):
     """All adjoint vectors: ubar_k into ubar[k-1] (L, B, n), vbar_k into vbar[k] (L+1, B, m).
 
     1 + L passes over C.  Returns grad_log_b = sum_{k>=1} vbar_k (BLOCK_M,).
     """
     cols = tl.arange(0, BLOCK_M)
     lb = tl.load(lb_ptr + pid.to(tl.int64) * m + cols, mask=cols < m, other=float("-inf"))
-    vbar = _terminal_sweep(C_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iters, tau,
-                           HAS_G, BLOCK_N, BLOCK_M)
+    vbar = _terminal_sweep(C_ptr, G_ptr, gu_ptr, gv_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iters, tau,
+                           HAS_G, HAS_UV, BLOCK_N, BLOCK_M)
     tl.debug_barrier()
     _store_vec_m(vbar_ptr, n_iters, pid, B, m, vbar, BLOCK_M)
     grad_lb = vbar
@@ -296,14 +306,14 @@ def _sinkhorn_fwd_kernel(C_ptr, la_ptr, lb_ptr, v0_ptr, par_ptr, us_ptr, vs_ptr,
 
 
 @triton.jit
-def _sinkhorn_bwd_kernel(C_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, G_ptr, ubar_ptr, vbar_ptr,
+def _sinkhorn_bwd_kernel(C_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, G_ptr, gu_ptr, gv_ptr, ubar_ptr, vbar_ptr,
                          gC_ptr, gla_ptr, glb_ptr, B, n, m, n_iters,
-                         HAS_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+                         HAS_G: tl.constexpr, HAS_UV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     """grid (B,).  L + 2 passes over C (plus 2 over grad_P when given); writes n*m (grad_C) once."""
     pid = tl.program_id(0)
     tau = tl.load(par_ptr)
-    grad_lb = _adjoint_sweeps(C_ptr, la_ptr, lb_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B, n, m,
-                              n_iters, tau, HAS_G, BLOCK_N, BLOCK_M)
+    grad_lb = _adjoint_sweeps(C_ptr, la_ptr, lb_ptr, G_ptr, gu_ptr, gv_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid,
+                              B, n, m, n_iters, tau, HAS_G, HAS_UV, BLOCK_N, BLOCK_M)
     _store_vec_m(glb_ptr, 0, pid, B, m, grad_lb, BLOCK_M)
     cols = tl.arange(0, BLOCK_M)
     lb = tl.load(lb_ptr + pid.to(tl.int64) * m + cols, mask=cols < m, other=float("-inf"))
@@ -317,8 +327,9 @@ def _sinkhorn_bwd_kernel(C_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, G_ptr, 
 
 
 @triton.jit
-def _mesh_kernel(Cp_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, B, n, m,
-                 n_mesh_iters, n_iters, reuse_uv, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _mesh_kernel(Cp_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, trC_ptr, trV_ptr, B, n, m,
+                 n_mesh_iters, n_iters, reuse_uv, TRACE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_M: tl.constexpr):
     """grid (B,).  The whole MESH loop on C' (updated in place).  Per step: L forward passes, 1 + L adjoint
     passes, 1 norm pass (reads n*m), 1 update pass (reads and writes n*m): 2L + 3 reads of C', 1 write."""
     pid = tl.program_id(0)
@@ -334,12 +345,18 @@ def _mesh_kernel(Cp_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, ubar_ptr, vbar
         if reuse_uv != 0:
             if t > 0:
                 v0 = _vec_m(vs_ptr, n_iters, pid, B, m, float("-inf"), BLOCK_M)
+        if TRACE:  # this step's C' and warm start, for the warm-start backward: reads and writes n*m
+            _store_vec_m(trV_ptr, t, pid, B, m, v0, BLOCK_M)
+            for r0 in range(0, n, BLOCK_N):
+                s, offs, mask, rows, rmask, c = _load_s_tile(Cp_ptr, pid, r0, n, m, tau, BLOCK_N, BLOCK_M)
+                step_base = (t * B + pid).to(tl.int64) * n * m  # element pid of step t in (T, B, n, m)
+                tl.store(trC_ptr + step_base + (offs - pid.to(tl.int64) * n * m), c, mask=mask)
         tl.debug_barrier()
         _forward_sweeps(Cp_ptr, la_ptr, lb_ptr, us_ptr, vs_ptr, v0, pid, B, n, m, n_iters, tau,
                         BLOCK_N, BLOCK_M)
         tl.debug_barrier()
-        _adjoint_sweeps(Cp_ptr, la_ptr, lb_ptr, Cp_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B, n, m,
-                        n_iters, tau, False, BLOCK_N, BLOCK_M)
+        _adjoint_sweeps(Cp_ptr, la_ptr, lb_ptr, Cp_ptr, Cp_ptr, Cp_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B,
+                        n, m, n_iters, tau, False, False, BLOCK_N, BLOCK_M)
         # Norm pass: streaming scaled sum of squares per column (as in BLAS nrm2), so ||g||^2 neither
         # overflows nor underflows.  Reads n*m + (2L + 1) n elements.
         run_max = tl.zeros([BLOCK_M], tau.dtype)
@@ -438,7 +455,7 @@ def launch_sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0, block_n=None):
     return us, vs
 
 
-def launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, block_n=None):
+def launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, grad_u=None, grad_v=None, block_n=None):
     """Launch `_sinkhorn_bwd_kernel`; see :func:`sinkhorn_bwd`.  ``block_n`` overrides the row tile (tests)."""
     B, n, m = _check(C, log_a, log_b, tau)
     if us.dim() != 3 or us.shape[0] < 1:
@@ -448,6 +465,12 @@ def launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, block_n=None):
     _check_vec("vs", vs, (n_iters + 1, B, m), C)
     if grad_P is not None:
         _check_vec("grad_P", grad_P, (B, n, m), C)
+    has_uv = grad_u is not None or grad_v is not None
+    if has_uv:
+        grad_u = torch.zeros_like(log_a) if grad_u is None else grad_u
+        grad_v = torch.zeros_like(log_b) if grad_v is None else grad_v
+        _check_vec("grad_u", grad_u, (B, n), C)
+        _check_vec("grad_v", grad_v, (B, m), C)
     grad_C = torch.empty_like(C)  # (B, n, m)
     grad_la = torch.empty_like(log_a)  # (B, n)
     grad_lb = torch.empty_like(log_b)  # (B, m)
@@ -457,78 +480,90 @@ def launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, block_n=None):
     ubar = torch.empty_like(us)  # (L, B, n) scratch: ubar_1..ubar_L
     block_n, block_m, num_warps = _blocks(n, m, C.dtype, block_n)
     _sinkhorn_bwd_kernel[(B,)](C, log_a, log_b, _params(C, tau), us, vs, C if grad_P is None else grad_P,
+                               grad_u if has_uv else log_a, grad_v if has_uv else log_b,
                                ubar, vbar, grad_C, grad_la, grad_lb, B, n, m, n_iters,
-                               HAS_G=grad_P is not None, BLOCK_N=block_n, BLOCK_M=block_m,
+                               HAS_G=grad_P is not None, HAS_UV=has_uv, BLOCK_N=block_n, BLOCK_M=block_m,
                                num_warps=num_warps)
     return grad_C, grad_la, grad_lb, vbar[0]
 
 
-def launch_mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters, lr, reuse_uv,
-                    block_n=None):
+def launch_mesh_fwd(C, log_a, log_b, noise, params, trace=False, block_n=None):
     """Launch `_mesh_kernel` once for the whole MESH loop; see :func:`mesh_fwd`."""
-    B, n, m = _check(C, log_a, log_b, tau)
+    B, n, m = _check(C, log_a, log_b, params.tau)
     _check_vec("noise", noise, (B, n, m), C)
-    if not isinstance(n_mesh_iters, int) or n_mesh_iters < 1:
-        raise ValueError(f"n_mesh_iters must be an int >= 1, got {n_mesh_iters!r}")
-    if not isinstance(n_sh_iters, int) or n_sh_iters < 1:
-        raise ValueError(f"n_sh_iters must be an int >= 1, got {n_sh_iters!r}")
-    for name, x in (("lr", lr), ("noise_scale", noise_scale)):
+    T, L = params.n_mesh_iters, params.n_sh_iters
+    for name, x in (("n_mesh_iters", T), ("n_sh_iters", L)):
+        if not isinstance(x, int) or x < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {x!r}")
+    for name, x in (("lr", params.lr), ("noise_scale", params.noise_scale)):
         if not isinstance(x, (int, float)) or not (abs(x) < float("inf")):
             raise ValueError(f"{name} must be a finite number, got {x!r}")
-    C_t = C + noise_scale * noise  # (B, n, m): C'_0, then updated in place by the kernel
-    us = torch.empty((n_sh_iters, B, n), dtype=C.dtype, device=C.device)  # (L, B, n)
-    vs = torch.empty((n_sh_iters + 1, B, m), dtype=C.dtype, device=C.device)  # (L+1, B, m)
+    C_t = C + params.noise_scale * noise  # (B, n, m): C'_0, then updated in place by the kernel
+    us = torch.empty((L, B, n), dtype=C.dtype, device=C.device)  # (L, B, n)
+    vs = torch.empty((L + 1, B, m), dtype=C.dtype, device=C.device)  # (L+1, B, m)
+    tr = MeshTrace(C.new_empty(T, B, n, m), C.new_empty(T, B, m)) if trace else None
     if B == 0:
-        return C_t, us[0].clone(), vs[0].clone()
-    ubar = torch.empty_like(us)
-    vbar = torch.empty_like(vs)
+        return C_t, us[0].clone(), vs[0].clone(), tr
     block_n, block_m, num_warps = _blocks(n, m, C.dtype, block_n)
-    _mesh_kernel[(B,)](C_t, log_a, log_b, _params(C, tau, lr, torch.finfo(C.dtype).tiny), us, vs, ubar, vbar,
-                       B, n, m, n_mesh_iters, n_sh_iters, int(bool(reuse_uv)),
+    _mesh_kernel[(B,)](C_t, log_a, log_b, _params(C, params.tau, params.lr, torch.finfo(C.dtype).tiny), us, vs,
+                       torch.empty_like(us), torch.empty_like(vs), tr.C if trace else C_t, tr.v0 if trace else vs,
+                       B, n, m, T, L, int(bool(params.reuse_uv)), TRACE=bool(trace),
                        BLOCK_N=block_n, BLOCK_M=block_m, num_warps=num_warps)
-    return C_t, us[-1].clone(), vs[-1].clone()
+    return C_t, us[-1].clone(), vs[-1].clone(), tr
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Backend contract.
 # ---------------------------------------------------------------------------------------------------------
-def sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0):
+def sinkhorn_fwd(C, log_a, log_b, v0, tau, n_iters, want_plan=False):
     """Unrolled log-domain Sinkhorn, recording every iterate.
 
     Args:
         C: (B, n, m) costs.  log_a: (B, n), log_b: (B, m) log marginals (-inf for zero entries).
-        tau: float > 0.  n_iters: int L >= 1.  v0: (B, m) warm start (zeros when cold).
+        v0: (B, m) warm start (zeros when cold).  tau: float > 0.  n_iters: int L >= 1.
 
     Returns:
-        us (L, B, n) = u_1..u_L and vs (L + 1, B, m) = v_0..v_L; the plan is exp(-C/tau + u_L + v_L).
+        us (L, B, n) = u_1..u_L, vs (L + 1, B, m) = v_0..v_L, the plan exp(-C/tau + u_L + v_L) if
+        ``want_plan`` (else None), and None (no status: values are checked before).
     """
-    return launch_sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0)
+    us, vs = launch_sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0)
+    P = torch.div(C, -tau).add_(us[-1][:, :, None]).add_(vs[-1][:, None, :]).exp_() if want_plan else None
+    return us, vs, P, None
 
 
-def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P):
-    """Backward of P = exp(-C/tau + u_L + v_L) through the iterations recorded by :func:`sinkhorn_fwd`.
+def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, grad_u=None, grad_v=None):
+    """Backward of P = exp(-C/tau + u_L + v_L) and of (u_L, v_L) through the iterations of :func:`sinkhorn_fwd`.
 
     Args:
         C: (B, n, m), log_a: (B, n), log_b: (B, m), tau: as given to the forward.
         us: (L, B, n), vs: (L + 1, B, m) from :func:`sinkhorn_fwd`.
         grad_P: (B, n, m) upstream gradient, or None for that of sum_batch H(P), H = -sum P log P.
+        grad_u: (B, n), grad_v: (B, m) upstream gradients of u_L, v_L, or None.
 
     Returns:
         grad_C (B, n, m), grad_log_a (B, n), grad_log_b (B, m), grad_v0 (B, m); finite, 0 at zero marginals.
     """
-    return launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P)
+    return launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, grad_u, grad_v)
 
 
-def mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters, lr, reuse_uv):
+def mesh_fwd(C, log_a, log_b, noise, params, trace=False):
     """MESH (Eq. 9-12) in one kernel launch, no autograd.
 
     Args:
-        C: (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals; tau > 0.
-        noise: (B, n, m) standard normal; C'_0 = C + noise_scale * noise.
-        n_mesh_iters: T >= 1 gradient steps of size lr on the entropy, each through n_sh_iters Sinkhorn
-            iterations warm-started from the previous step's v when reuse_uv (cold otherwise).
+        C: (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals; noise: (B, n, m) standard normal;
+        params: ``kernels.MeshParams``; trace: also record every step's C' and warm start.
 
     Returns:
-        C_T (B, n, m), and u (B, n), v (B, m) = u_L, v_L of the last step's Sinkhorn.
+        C_T (B, n, m), u (B, n), v (B, m) = u_L, v_L of the last step's Sinkhorn, None (no status), and the
+        ``MeshTrace`` or None.
     """
-    return launch_mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters, lr, reuse_uv)
+    C_t, u, v, tr = launch_mesh_fwd(C, log_a, log_b, noise, params, trace)
+    return C_t, u, v, None, tr
+
+
+def mesh_bwd(trace, log_a, log_b, params, grad_u, grad_v):
+    """MESH's warm-start gradient (``kernels.torch_ot.chain_mesh_bwd``) with these kernels' Sinkhorn."""
+    return chain_mesh_bwd(sinkhorn_fwd, sinkhorn_bwd, trace, log_a, log_b, params, grad_u, grad_v)
+
+
+BACKEND = Backend(sinkhorn_fwd, sinkhorn_bwd, mesh_fwd, mesh_bwd, validates=False, device=None)
