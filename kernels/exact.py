@@ -28,11 +28,9 @@ marginals back to the given ones changes that optimum by at most
 ``(max C - min C) * M`` at (n, m) = (4096, 11). float32 inputs are solved in float64 and the plan is
 rounded to float32 at the end.
 
-Validation: types, shapes, dtypes and devices are checked in Python with the rules and messages of
-``kernels._checks.check_ot_inputs``; the values (finite costs; finite, non-negative marginals with
-positive totals that agree to relative 1e-4) are checked by the solver threads as they read each
-problem, so the batch is read once and no torch kernel runs, and the first bad element is reported
-in a ValueError with check_ot_inputs' message.
+Validation: types, shapes, dtypes and devices are checked in Python; the values are checked by the solver
+threads as they read each problem (a status per element), and ``kernels._checks.raise_for_status`` names the
+first bad element with the messages of every OT function.
 
 Threads and interrupts: the thread that called ``emd`` releases the GIL and solves problems too,
 beside ``num_threads - 1`` helper threads; about every 20 ms (between its problems, then while it

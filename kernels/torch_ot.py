@@ -1,54 +1,30 @@
-"""PyTorch path of the OT kernels: batched unrolled Sinkhorn, its hand-written backward, and MESH.
+"""The PyTorch backend of the OT kernels (``backend="torch"``; the reference the C++ and Triton paths are
+tested against, and the per-element fallback of the C++ loops): batched unrolled Sinkhorn, its hand-written
+backward, MESH and MESH's warm-start backward (the contract is in ``kernels.backends``).
 
-This is the plain PyTorch implementation (``backend="torch"``; on CPU the default path is the fused C++
-loops of ``kernels.cpp_ot``, which are tested against this one and fall back to it per batch element;
-on CUDA it is the fallback when Triton is missing). It implements the backend
-contract shared with ``kernels.triton_ot`` (``sinkhorn_fwd``, ``sinkhorn_bwd``, ``mesh_fwd``); the
-public, validated, differentiable functions are ``kernels.sinkhorn`` and ``kernels.mesh``.
-
-Maths (paper Eq. 9-12, App. A and D). With S = -C / tau and v_0 given, iteration k = 1..L is
+Maths (Eq. 9-12, App. A and D). With S = -C / tau and v_0 given, iteration k = 1..L is
     u_k = log a - LSE_j(S_ij + v_{k-1,j}),   v_k = log b - LSE_i(S_ij + u_{k,i}),
-and the plan is P = exp(S + u_L + v_L). Write P^k = exp(S + u_k + v_k) and R^k = exp(S + u_k + v_{k-1})
-(the matrices after the column and after the row rescaling of iteration k). Going backward from
-upstream gradients gu_k, gv_k of the potentials:
-    gS   -= P^k * (gv_k / b)[None, :],    gu_k     -= (P^k * (gv_k / b)).sum(j),
-    gS   -= R^k * (gu_k / a)[:, None],    gv_{k-1} -= (R^k * (gu_k / a)).sum(i),
+and P = exp(S + u_L + v_L). With P^k = exp(S + u_k + v_k) and R^k = exp(S + u_k + v_{k-1}), the backward
+from upstream gradients gu_k, gv_k of the potentials is
+    gS -= P^k * (gv_k / b)[None, :],   gu_k -= (P^k * (gv_k / b)).sum(j),
+    gS -= R^k * (gu_k / a)[:, None],   gv_{k-1} -= (R^k * (gu_k / a)).sum(i),
     grad log a += gu_k,  grad log b += gv_k,
-starting from the direct terms of the plan: G = grad_P * P, gS = G, gu_L = G.sum(j), gv_L = G.sum(i).
-For the entropy H(P) = -sum P log P, grad_P = -(log P + 1) with log P = S + u_L + v_L.
+from G = grad_P * P: gS = G, gu_L = G.sum(j) (+ grad u_L), gv_L = G.sum(i) (+ grad v_L). For the entropy
+H(P) = -sum P log P, grad_P = -(log P + 1).
 
-Two ways to evaluate this, both here:
+Two evaluations. The scaling form (fast): every P^k, R^k is one matrix K = exp(S + v_0 - r) (r the row
+maxima) rescaled by vectors, so an iteration is two batched mat-vecs (q = K y, x = a / q, s = K^T x,
+y = b / s) and the backward is mat-vecs with K plus K times a sum of 2L rank-one terms. The log domain
+(``_log_forward``, ``_log_backward``): log-sum-exps and softmaxes, always finite. Each batch element's
+scaling form is checked (finite scalings; the mass that underflow can lose below eps times the smallest
+positive marginal; potentials below 2^-13 / eps); elements that fail are redone in the log domain.
 
-* The log-domain way (``_log_forward``, ``_log_backward``): two log-sum-exps per forward iteration
-  and two softmaxes per backward iteration. Always finite; used as the fallback.
-* The scaling way (the fast path). All P^k and R^k are one fixed matrix K rescaled by vectors,
-  P^k = K * x_k[:, None] * y_k[None, :], R^k = K * x_k[:, None] * y_{k-1}[None, :]. In the forward,
-  K = exp(S + v_0 - r) (r the row maxima, so every row of K has a 1 in it) is formed once, and each
-  Sinkhorn iteration is two batched mat-vecs: q = K y_{k-1}, x_k = a / q, s = K^T x_k, y_k = b / s
-  (u_k = log a - r - log q, v_k = v_0 + log b - log s). In the backward every gu_k, gv_{k-1} is one
-  mat-vec with K, and all the gS terms together are K * (X @ Y^T) with X (n, 2L), Y (m, 2L): a sum of
-  rank-one matrices, one small matmul and one fused multiply-add over the n x m matrix. A MESH step is
-  thus ~4L mat-vecs and a dozen elementwise passes over (B, n, m) with one exp, instead of the ~10L
-  exp/log-sum-exp passes of autograd through the log-domain iterations. ``mesh_fwd`` reuses the
-  forward's K and scalings in the backward; ``sinkhorn_bwd``, which only gets the potentials, takes
-  K = P and the factors exp(u_k - u_L), exp(v_k - v_L).
+Shapes: C (B, n, m); inside, matrices are held transposed, (B, m, n), so the long axis n is innermost.
 
-Scalings can over- or underflow (large costs, small tau, tiny marginals, cold starts). After every
-fast evaluation each batch element is checked: all scalings finite,
-``tiny * max(1, max x) * max(1, max y) * max(n, m) <= eps * min positive marginal`` (which bounds the
-mass lost to underflowed entries of K, or of products in the mat-vecs, by eps relative to every row
-and column mass), and potentials small enough that their rounding, eps |u|, stays below 2^-13.
-Batch elements that fail are recomputed in the log domain, whose backward rebuilds the softmaxes from
-S + u as autograd does, so results are always finite and as accurate as the reference.
-
-Known limits: the fallback is per batch element and per call (a MESH step falls back as a whole), and
-it is 3-8x slower than the fast path (at (64, 1024, 7): sinkhorn forward 3x, backward 4x, MESH 7.5x;
-still no slower than autograd through the reference). It is taken for costs spanning more than ~60 (float32) or ~650
-(float64) units of tau between warm start and solution, for potentials beyond ~1e3 in float32 (costs
-above ~1e3 tau), and for some zero-marginal patterns (a finite warm-start v at a column with b = 0 in
-``sinkhorn_bwd``). ``torch.compile`` is not used: the work is mat-vecs and single elementwise passes
-that are already one kernel each. No implicit-differentiation variant: the gradient is the unrolled
-one, as in the paper.
+Known limits: the fallback is per batch element and per call (a MESH step falls back as a whole) and 3-8x
+slower than the scaling form; it is taken for costs spanning more than ~60 (float32) or ~650 (float64) units
+of tau between warm start and solution, for potentials beyond ~1e3 in float32, and for some zero-marginal
+patterns. The gradient is the unrolled one, as in the paper (no implicit differentiation).
 """
 import math
 

@@ -1,69 +1,34 @@
-"""Triton kernels for batched log-domain Sinkhorn and MESH (the CUDA path of kernels.sinkhorn and kernels.mesh).
+"""Triton kernels for batched log-domain Sinkhorn and MESH (the CUDA backend ``backend="triton"``).
 
-What it computes (conventions of ``kernels``; paper: Zhang et al., ICML 2023, Sec. 4, Eq. 9-12, App. A/D):
-    C (B, n, m) costs, rows = inputs, columns = slots; log_a (B, n), log_b (B, m) log marginals (-inf where a
-    marginal entry is 0); S = -C / tau.  One Sinkhorn iteration k = 1..L:
-        u_k = log_a - LSE_j(S_ij + v_{k-1,j})            (rows sum to a)
-        v_k = log_b - LSE_i(S_ij + u_{k,i})              (columns sum to b)
-    with v_0 the warm start (zeros when cold) and plan P = exp(S + u_L + v_L).  MESH (Eq. 9-12):
-    C'_0 = C + noise_scale * noise; T times: g = dH(P(C'_t))/dC'_t through the L unrolled iterations,
-    C'_{t+1} = C'_t - lr * g / max(||g||_F, tiny) per batch element.
+What it computes (conventions of ``kernels``; Eq. 9-12, App. A/D): C (B, n, m) costs; log_a (B, n), log_b
+(B, m) log marginals (-inf at zero entries); S = -C / tau. Iteration k = 1..L:
+    u_k = log_a - LSE_j(S_ij + v_{k-1,j}),   v_k = log_b - LSE_i(S_ij + u_{k,i}),
+from the warm start v_0, plan P = exp(S + u_L + v_L). MESH: C'_0 = C + noise_scale * noise; T times
+C'_{t+1} = C'_t - lr * g / max(||g||_F, tiny), g = dH(P(C'_t))/dC'_t through the L iterations.
 
-Backend contract (shared with ``kernels.torch_ot``; no autograd graph, inputs validated, contiguous, one
-dtype and device): :func:`sinkhorn_fwd`, :func:`sinkhorn_bwd`, :func:`mesh_fwd`.  The plain-autograd
-reference these kernels are tested against is ``kernels.reference`` (``sinkhorn_ref``, ``entropy_ref``,
-``mesh_ref``); it is not duplicated here.
+Kernels (private ``@triton.jit``), one program per batch element (grid = (B,)):
+    _sinkhorn_fwd_kernel   L sweeps over tiles of BLOCK_N rows: the row update of a tile is complete in
+                           the tile (BLOCK_M >= m), the column log-sum-exp streams over the sweep.
+    _sinkhorn_bwd_kernel   the reverse sweep (below): 1 terminal pass + L reverse passes over C for the
+                           adjoint vectors, one pass that writes grad_C. Upstream: grad_P, or the entropy's
+                           (computed from log P inside the passes), plus optional grad_u, grad_v (HAS_UV).
+    _mesh_kernel           a whole MESH call in one launch: per step L forward passes, 1 + L backward passes,
+                           a norm pass and an update pass (2L + 3 passes over C'); with TRACE, one more pass
+                           records C'_t and the warm start for the warm-start backward.
+MESH's warm-start backward chains these Sinkhorn kernels (``kernels.torch_ot.chain_mesh_bwd``).
 
-Kernels (private ``@triton.jit``), all with one program per batch element (grid = (B,)):
-    _sinkhorn_fwd_kernel   L sweeps over tiles of BLOCK_N rows of C.  Each sweep is one pass over C: the
-                           row update u_k of a tile is complete inside the tile (BLOCK_M >= m covers all
-                           columns), and the column log-sum-exp of S + u_k is accumulated in the same sweep
-                           with a streaming (running max, rescaled sum) LSE.  v_k is formed after the sweep.
-    _sinkhorn_bwd_kernel   Hand-written reverse sweep of the unrolled iterations (derivation below):
-                           1 terminal pass + L reverse passes over C for the adjoint vectors, then one pass
-                           that writes grad_C.  With grad_P=None the upstream is the entropy's, computed from
-                           log P = S + u_L + v_L inside the passes and never stored.
-    _mesh_kernel           A whole MESH call in one launch (after one elementwise C + noise_scale * noise):
-                           per step L forward passes, 1 + L backward passes, one pass for the per-batch
-                           gradient norm, one pass that recomputes g tile by tile and updates C' in place.
-                           2L + 3 passes over C per MESH step, no n x m temporary.
+Backward. With R^k_ij = exp(S_ij + v_{k-1,j} + u_k,i - log a_i), Q^k_ij = exp(S_ij + u_k,i + v_k,j - log b_j)
+and Gbar = grad_P * P (or -P (log P + 1)):
+    vbar_L = sum_i Gbar_ij (+ grad v_L);   ubar_k = [k = L] (sum_j Gbar_ij + grad u_L) - sum_j vbar_k,j Q^k_ij;
+    vbar_{k-1} = -sum_i ubar_k,i R^k_ij;   grad_S = Gbar - sum_k (vbar_k,j Q^k_ij + ubar_k,i R^k_ij);
+    grad_C = -grad_S / tau;  grad_log_a = sum_k ubar_k;  grad_log_b = sum_{k>=1} vbar_k;  grad_v0 = vbar_0.
+Zero-mass rows / columns get R / Q = 0 directly (no -inf - (-inf)); their gradients are finite.
 
-Backward derivation.  Write R^k_ij = exp(S_ij + v_{k-1,j} + u_k,i - log a_i) (row softmax of iteration k) and
-Q^k_ij = exp(S_ij + u_k,i + v_k,j - log b_j) (column softmax).  With Gbar = grad_P * P (or -P (log P + 1) for the
-entropy) the adjoints are
-    vbar_L = sum_i Gbar_ij;   ubar_k = [k = L] sum_j Gbar_ij - sum_j vbar_k,j Q^k_ij;
-    vbar_{k-1} = -sum_i ubar_k,i R^k_ij;
-    grad_S = Gbar - sum_k (vbar_k,j Q^k_ij + ubar_k,i R^k_ij);   grad_C = -grad_S / tau;
-    grad_log_a = sum_k ubar_k;   grad_log_b = sum_{k>=1} vbar_k;   grad_v0 = vbar_0.
-ubar_k and vbar_k are computed one iteration per pass (the row part of ubar_k is complete in a tile, the
-column sums for vbar_{k-1} accumulate over the pass); grad_S needs all of them, hence the final pass that
-sums the 2L rank-one-weighted softmax terms per tile without storing any n x m temporary.
-Where log a_i = -inf (or log b_j = -inf) the corresponding R (Q) row (column) is set to 0 directly, so no
--inf - (-inf) is ever formed; those rows/columns carry zero mass, grad_log_a / grad_log_b are 0 there, and
-every gradient is finite.  grad_C is 0 on a zero-mass row; on a zero-mass column it is 0 only if v_0 is -inf
-there: a finite warm start (the cold v_0 = 0 included) lets that column enter u_1, exactly as in autograd
-through ``kernels.reference.sinkhorn_ref``.
+Launch: BLOCK_M = next power of two >= m; BLOCK_N so that a tile holds at most 4096 (float32) / 2048
+(float64) elements; scalars tau, lr, tiny in a small tensor of the input dtype.
 
-Launch plan and precision.  grid = (B,); each program loops over ceil(n / BLOCK_N) tiles of
-(BLOCK_N, BLOCK_M) with BLOCK_M = next power of two >= m (masked; tested up to m = 64, larger m only
-raises register pressure) and BLOCK_N chosen so that a tile holds at most 4096 (float32) or 2048 (float64)
-elements; 8 warps for full tiles.  Built for sm_90 with the bundled ptxas, these choices use at most 240
-registers per thread at m = 5, 11 and 64, with no spills (stack <= 16 bytes); the tests compile them, no GPU
-has run them.  Scalars tau, lr and the norm clamp are passed in a small tensor of the input dtype (a Python float
-argument would be rounded to float32).  Arithmetic is in the input dtype (float32 or float64).  Adjoint
-vectors live in small global scratch buffers written and read by the same program, separated by
-``tl.debug_barrier()``.
-
-Known limits.
-  * Untested on a real GPU: this session had no CUDA device.  Correctness is tested under TRITON_INTERPRET=1
-    on CPU tensors (tests/kernels/test_triton_ot.py); speed, block sizes and num_warps are not tuned.
-  * One program per batch element: at B = 64 this fills at most 64 SMs and each program walks n serially,
-    so the forward is unlikely to reach the memory-bandwidth bound at large n.  Splitting n across programs
-    needs a cross-program reduction of the column LSE (one launch per iteration, or a grid barrier); that
-    variant is not written.
-  * The backward recomputes 2L exponentials per element in the grad pass (twice per MESH step) instead
-    of storing n x m intermediates: compute traded for memory traffic, unmeasured on a GPU.
-  * No implicit-differentiation variant; the gradient is always the unrolled one (what the paper used).
+Known limits: tested under TRITON_INTERPRET=1 on CPU tensors and compiled for sm_90 in the tests; not run on
+a GPU, so speed, block sizes and num_warps are untuned. One program per batch element walks n serially.
 """
 import torch
 import triton
