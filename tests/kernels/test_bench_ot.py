@@ -132,17 +132,21 @@ def _official_ref(C, a, b, n_mesh_iters, n_sh_iters, noise):
     return mesh_official_ref(C, a, b, n_mesh_iters, n_sh_iters, 8.0, noise, 1e-3, 1.0)
 
 
+def _compute(kind, sh, me, C, a, b, noise, gP):
+    """The work of benchmark ``kind`` with Sinkhorn ``sh`` and MESH ``me``: a plan, a gradient or costs."""
+    if kind == "sinkhorn fwd":
+        return _sinkhorn_fwd(sh, C, a, b)
+    if kind == "sinkhorn fwd+bwd":
+        return _sinkhorn_fwd_bwd(sh, C, a, b, gP)
+    if kind == "mesh fwd":
+        return _mesh_fwd(me, C, a, b, noise)
+    return _sa_mesh_fwd_bwd(me, sh, C, a, b, noise, gP)
+
+
 @functools.lru_cache(maxsize=None)
 def _naive(kind, shape):
     """The naive baseline's result of benchmark ``kind`` at ``shape``, computed once, to check every role."""
-    C, a, b, noise, gP = _problem(shape)
-    if kind == "sinkhorn fwd":
-        return _sinkhorn_fwd(_sinkhorn_ref, C, a, b)
-    if kind == "sinkhorn fwd+bwd":
-        return _sinkhorn_fwd_bwd(_sinkhorn_ref, C, a, b, gP)
-    if kind == "mesh fwd":
-        return _mesh_fwd(mesh_ref, C, a, b, noise)
-    return _sa_mesh_fwd_bwd(_official_ref if kind == "wsg" else mesh_ref, _sinkhorn_ref, C, a, b, noise, gP)
+    return _compute(kind, _sinkhorn_ref, _official_ref if kind == "wsg" else mesh_ref, *_problem(shape))
 
 
 def _check(out, kind, shape, rtol=2e-3):
@@ -163,58 +167,30 @@ MESH_ROLES = {"ours": mesh, "naive": mesh_ref, "torch": functools.partial(mesh, 
               "ours wsg": functools.partial(mesh, warm_start_grad=True), "naive wsg": _official_ref}
 
 
-@pytest.mark.parametrize("role", ["ours", "naive", "torch", "pot"])
+CPU_CASES = [(kind, role) for kind in ("sinkhorn fwd", "sinkhorn fwd+bwd") for role in ("ours", "naive", "torch", "pot")]
+CPU_CASES += [("mesh fwd", role) for role in ("ours", "naive", "torch")]
+CPU_CASES += [("sa-mesh", role) for role in ("ours", "naive", "torch", "ours wsg", "naive wsg")]
+GROUPS = {"sinkhorn fwd": "sinkhorn fwd", "sinkhorn fwd+bwd": "sinkhorn fwd+bwd", "mesh fwd": "mesh fwd",
+          "sa-mesh": "mesh+sinkhorn fwd+bwd"}
+NOTES = {"mesh fwd": f"{N_MESH} steps x {N_ITERS} iterations", "sa-mesh": "SA-MESH attention"}
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_bench_sinkhorn_fwd(benchmark, bench_record, shape, role):
-    benchmark.group = f"sinkhorn fwd {_id(shape)}"
-    C, a, b, _, _ = _problem(shape)
+@pytest.mark.parametrize("kind,role", CPU_CASES, ids=[f"{k}-{r}" for k, r in CPU_CASES])
+def test_bench_cpu(benchmark, bench_record, kind, role, shape):
+    benchmark.group = f"{GROUPS[kind]} {_id(shape)}"
+    C, a, b, noise, gP = problem = _problem(shape)
     if role == "pot":
-        P = _run(benchmark, lambda: _pot_fwd(C, a, b), shape, slow=True)
+        work = (lambda: _pot_fwd(C, a, b)) if kind == "sinkhorn fwd" else (lambda: _pot_fwd_bwd(C, a, b, gP))
     else:
-        P = _run(benchmark, lambda: _sinkhorn_fwd(SINKHORN_ROLES[role], C, a, b), shape, slow=role == "naive")
-    bench_record(role, "POT: column step first" if role == "pot" else "")
-    if role == "pot":  # its last half-step rescales the rows
-        torch.testing.assert_close(P.sum(2), a)
+        work = functools.partial(_compute, kind, SINKHORN_ROLES[role], MESH_ROLES[role], *problem)
+    out = _run(benchmark, work, shape, slow=role in ("naive", "naive wsg", "pot"))
+    note = NOTES.get(kind, "POT: column step first" if role == "pot" else "")
+    bench_record(role, note + (", warm-start gradient" if "wsg" in role else ""))
+    if role == "pot":  # POT iterates columns first (another unrolled function): its last step meets the rows
+        assert torch.isfinite(out).all() and (kind != "sinkhorn fwd" or torch.allclose(out.sum(2), a))
     else:
-        _check(P, "sinkhorn fwd", shape)
-
-
-@pytest.mark.parametrize("role", ["ours", "naive", "torch", "pot"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_bench_sinkhorn_fwd_bwd(benchmark, bench_record, shape, role):
-    benchmark.group = f"sinkhorn fwd+bwd {_id(shape)}"
-    C, a, b, _, gP = _problem(shape)
-    if role == "pot":
-        g = _run(benchmark, lambda: _pot_fwd_bwd(C, a, b, gP), shape, slow=True)
-    else:
-        g = _run(benchmark, lambda: _sinkhorn_fwd_bwd(SINKHORN_ROLES[role], C, a, b, gP), shape,
-                 slow=role == "naive")
-    bench_record(role)
-    if role == "pot":  # POT iterates columns first: another unrolled function, with finite gradients
-        assert torch.isfinite(g).all() and g.abs().max() > 0
-    else:
-        _check(g, "sinkhorn fwd+bwd", shape)
-
-
-@pytest.mark.parametrize("role", ["ours", "naive", "torch"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_bench_mesh_fwd(benchmark, bench_record, shape, role):
-    benchmark.group = f"mesh fwd {_id(shape)}"
-    C, a, b, noise, _ = _problem(shape)
-    C2 = _run(benchmark, lambda: _mesh_fwd(MESH_ROLES[role], C, a, b, noise), shape, slow=role == "naive")
-    bench_record(role, f"{N_MESH} steps x {N_ITERS} iterations")
-    _check(C2, "mesh fwd", shape)
-
-
-@pytest.mark.parametrize("role", ["ours", "naive", "torch", "ours wsg", "naive wsg"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_bench_sa_mesh_fwd_bwd(benchmark, bench_record, shape, role):
-    benchmark.group = f"mesh+sinkhorn fwd+bwd {_id(shape)}"
-    C, a, b, noise, gP = _problem(shape)
-    impls = (MESH_ROLES[role], SINKHORN_ROLES[role])
-    g = _run(benchmark, lambda: _sa_mesh_fwd_bwd(*impls, C, a, b, noise, gP), shape, slow=role == "naive")
-    bench_record(role, "SA-MESH attention" + (", warm-start gradient" if "wsg" in role else ""))
-    _check(g, "wsg" if "wsg" in role else "sa-mesh", shape, rtol=2e-2)
+        _check(out, "wsg" if "wsg" in role else kind, shape, rtol=2e-2 if kind == "sa-mesh" else 2e-3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,52 +231,17 @@ def _peak_bandwidth():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("role", ["ours", "naive"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_bench_cuda_sinkhorn_fwd(benchmark, bench_record, shape, role):
-    benchmark.group = f"cuda sinkhorn fwd {_id(shape)}"
-    C, a, b, _, _ = _problem(shape, "cuda")
-    impl = sinkhorn if role == "ours" else _sinkhorn_ref
-    P = _cuda_timed(benchmark, lambda: _sinkhorn_fwd(impl, C, a, b), shape, slow=role != "ours")
+@pytest.mark.parametrize("kind", ["sinkhorn fwd", "sinkhorn fwd+bwd", "mesh fwd", "sa-mesh"])
+def test_bench_cuda(benchmark, bench_record, kind, shape, role):
+    benchmark.group = f"cuda {kind} {_id(shape)}"
+    problem = _problem(shape, "cuda")
+    sh, me = (sinkhorn, mesh) if role == "ours" else (_sinkhorn_ref, mesh_ref)
+    out = _cuda_timed(benchmark, lambda: _compute(kind, sh, me, *problem), shape, slow=role != "ours")
     note = ""
-    if role == "ours":
+    if role == "ours" and kind == "sinkhorn fwd":
         B, n, m = shape
         peak, how = _peak_bandwidth()
         rate = (N_ITERS + 1) * B * n * m * 4 / benchmark.stats.stats.median
         note = f"{rate / 1e9:.0f} GB/s = {rate / peak:.0%} of peak ({peak / 1e9:.0f} GB/s, {how})"
     bench_record(role, note)
-    assert torch.isfinite(P).all()
-
-
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("role", ["ours", "naive"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_bench_cuda_sinkhorn_fwd_bwd(benchmark, bench_record, shape, role):
-    benchmark.group = f"cuda sinkhorn fwd+bwd {_id(shape)}"
-    C, a, b, _, gP = _problem(shape, "cuda")
-    impl = sinkhorn if role == "ours" else _sinkhorn_ref
-    g = _cuda_timed(benchmark, lambda: _sinkhorn_fwd_bwd(impl, C, a, b, gP), shape, slow=role != "ours")
-    bench_record(role)
-    assert torch.isfinite(g).all()
-
-
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("role", ["ours", "naive"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_bench_cuda_mesh_fwd(benchmark, bench_record, shape, role):
-    benchmark.group = f"cuda mesh fwd {_id(shape)}"
-    C, a, b, noise, _ = _problem(shape, "cuda")
-    impl = mesh if role == "ours" else mesh_ref
-    C2 = _cuda_timed(benchmark, lambda: _mesh_fwd(impl, C, a, b, noise), shape, slow=role != "ours")
-    bench_record(role, f"{N_MESH} steps x {N_ITERS} iterations")
-    assert torch.isfinite(C2).all()
-
-
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("role", ["ours", "naive"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_bench_cuda_sa_mesh_fwd_bwd(benchmark, bench_record, shape, role):
-    benchmark.group = f"cuda mesh+sinkhorn fwd+bwd {_id(shape)}"
-    C, a, b, noise, gP = _problem(shape, "cuda")
-    impls = (mesh, sinkhorn) if role == "ours" else (mesh_ref, _sinkhorn_ref)
-    g = _cuda_timed(benchmark, lambda: _sa_mesh_fwd_bwd(*impls, C, a, b, noise, gP), shape, slow=role != "ours")
-    bench_record(role, "SA-MESH attention")
-    assert torch.isfinite(g).all()
+    _check(out.cpu(), kind, shape, rtol=2e-2 if kind == "sa-mesh" else 2e-3)

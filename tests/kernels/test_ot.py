@@ -81,6 +81,7 @@ def test_sinkhorn_values_and_grads_match_autograd(B, n, m, L, warm, dtype, probl
         close(o, r, rl, ATOL[dtype])
 
 
+@pytest.mark.large_shapes  # test_triton_ot.py: its gradcheck and tie-breaking tests
 @pytest.mark.parametrize("B,n,m", [(2, 5, 3), (1, 4, 6)])
 def test_sinkhorn_gradcheck(B, n, m, problem, backend):
     C, a, b = problem(B, n, m, seed=3)[:3]
@@ -212,6 +213,7 @@ def _entropy(P):
     return -(torch.xlogy(P, P)).sum((1, 2))
 
 
+@pytest.mark.large_shapes  # test_triton_ot.py: its gradcheck and tie-breaking tests
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_identical_slots_tie_in_sinkhorn_and_break_in_mesh(dtype, backend):
     B, n, m = 4, 8, 3
