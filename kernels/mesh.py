@@ -108,8 +108,11 @@ def mesh(C, a, b, n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise=None, noise_scale=
         return mesh_ref(C_in, a, b, *params[:2], params.lr, noise, params.noise_scale, params.reuse_uv, params.tau,
                         straight_through=False)
     be = pick_backend(C, backend)
+    # the trace for the warm-start backward is recorded only when a gradient can flow
+    trace = warm_start_grad and params.reuse_uv and torch.is_grad_enabled() and any(
+        t.requires_grad for t in (C, a, b))
     C2, u, v = _Mesh.apply(C.contiguous(), a.contiguous(), b.contiguous(), noise.detach().contiguous(), params,
-                           warm_start_grad and params.reuse_uv, be)
+                           trace, be)
     if not reuse_uv:
         u = v = None
     return C2, u, v

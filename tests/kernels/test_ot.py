@@ -577,3 +577,27 @@ def test_cuda_torch_path_matches_cpu(problem):
     C2_cpu = mesh(C, a, b, noise=noise)[0]
     C2 = mesh(C.cuda(), a.cuda(), b.cuda(), noise=noise.cuda(), backend="torch")[0]
     torch.testing.assert_close(C2.cpu(), C2_cpu)
+
+
+def test_slot_attention_passes_warm_start_grad_to_mesh():
+    """``slots.OTConfig(warm_start_grad=True)`` reaches ``kernels.mesh``: SA-MESH's parameter gradients change,
+    its forward does not."""
+    from slots import OTConfig, SlotAttention, SlotAttentionConfig
+
+    x = torch.randn(4, 20, 8, generator=torch.Generator().manual_seed(35))
+    grads, outs = [], []
+    for wsg in (False, True):
+        torch.manual_seed(0)
+        sa = SlotAttention(SlotAttentionConfig(n_slots=3, dim=8, input_dim=8, variant="sa-mesh",
+                                               ot=OTConfig(warm_start_grad=wsg)))
+        torch.manual_seed(1)
+        slots, _ = sa(x)
+        slots.square().sum().backward()
+        outs.append(slots.detach())
+        grads.append(sa.to_k.weight.grad.clone())
+    assert torch.equal(outs[0], outs[1])
+    assert (grads[0] - grads[1]).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="warm_start_grad must be a bool"):
+        OTConfig(warm_start_grad="yes")
+    with pytest.raises(ValueError, match="OTConfig.backend must be None or one of 'torch', 'cpp', 'triton'"):
+        OTConfig(backend="compile")
