@@ -1,7 +1,7 @@
 """The project's C++ extension, compiled with pybind11: batched exact optimal transport (EMD) on LEMON's
 network simplex, and fused CPU loops for Sinkhorn and MESH (``sinkhorn_fwd``, ``sinkhorn_bwd``,
-``mesh_fwd``; the public API for those is ``kernels.sinkhorn`` / ``kernels.mesh``, whose CPU backend
-``kernels.cpp_ot`` calls them).
+``mesh_fwd``, ``mesh_bwd``; the public API for those is ``kernels.sinkhorn`` / ``kernels.mesh``, whose CPU
+backend ``kernels.cpp_ot`` calls them). ``Status`` is the per-element outcome of both.
 
 This package only re-exports the compiled ``_core`` module. The public API is :func:`kernels.emd`
 (and :func:`kernels.emd_attention`, SA-EMD's Eq. 8): it checks inputs, converts numpy arrays or

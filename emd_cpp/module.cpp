@@ -240,7 +240,7 @@ PYBIND11_MODULE(_core, m) {
   bind_ot<double>(m);
 
   py::enum_<emd::Status>(m, "Status", "Outcome of one problem of a batch (EMD, Sinkhorn, MESH).")
-      .value("OPTIMAL", emd::Status::kOptimal, "exact optimum of the integer-scaled problem")
+      .value("OPTIMAL", emd::Status::kOptimal, "solved (EMD: exact optimum of the integer-scaled problem)")
       .value("INFEASIBLE", emd::Status::kInfeasible, "LEMON found no feasible flow")
       .value("UNBOUNDED", emd::Status::kUnbounded, "LEMON reported an unbounded problem")
       .value("INVALID_COST", emd::Status::kInvalidCost, "a cost is NaN or Inf")
