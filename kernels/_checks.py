@@ -123,9 +123,9 @@ def raise_for_status(status, C, a, b, v=None, tau=None, mass_rtol: float = MASS_
         C (B, n, m), a (B, n), b (B, m), v (B, m) or None, tau: the inputs, read for element k only, to word
             the message (numpy arrays or tensors).
     """
-    if status is None:
+    if status is None or not status.any():  # all OPTIMAL (0): the common case, one pass
         return
-    bad = np.flatnonzero(~np.isin(status, _NOT_ERRORS))
+    bad = np.flatnonzero((status != _NOT_ERRORS[0]) & (status != _NOT_ERRORS[1]))
     if not bad.size:
         return
     k = int(bad[0])

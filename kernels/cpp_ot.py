@@ -37,8 +37,10 @@ def _np(t: torch.Tensor | None):
 
 def _redo(status) -> torch.Tensor | None:
     """Indices of the elements to redo in the log domain (only when every element is valid), or None."""
+    if not status.any():  # all OPTIMAL (0)
+        return None
     redo = status == int(Status.LOG_DOMAIN)
-    if not redo.any() or not np.isin(status, (int(Status.OPTIMAL), int(Status.LOG_DOMAIN))).all():
+    if not redo.any() or ((status != int(Status.OPTIMAL)) & ~redo).any():
         return None
     return torch.from_numpy(np.flatnonzero(redo))
 
