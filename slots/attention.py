@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.exact import emd_attention
-from kernels.ot import mesh, sinkhorn
+from kernels import BACKENDS, emd_attention, sinkhorn
+from kernels.mesh import mesh
 
 from .mesh_variants import MeshVariant
 
@@ -88,9 +88,10 @@ class OTConfig:
         learned_marginals: learned marginals of App. A; False gives uniform ones of equal mass.
         normalize_plan: divide each column of the plan by its sum before the weighted mean of values
             (True, as SA does) or use the raw plan (False, as the official code does).
+        warm_start_grad: MESH's potentials carry the official code's gradient back through every MESH step
+            (``kernels.mesh``'s ``warm_start_grad``); False treats them as constants.
         backend: OT backend (``kernels.sinkhorn``'s ``backend``): None picks Triton on CUDA and the
-            fused C++ loops on CPU; "torch" the plain PyTorch path; "cpp", "compile" (the PyTorch path
-            under torch.compile) and "triton" force theirs.
+            fused C++ loops on CPU, or one of ``kernels.BACKENDS`` ("torch" the plain PyTorch path).
         learn_mesh_lr: "sa-mesh" only: the step size is a learned parameter starting at ``mesh_lr`` (the
             official code's ``learn_mesh_lr``). With ``straight_through`` it gets the first-order gradient
             -sum_t g_t / ||g_t|| (each step's gradient a constant, as in the official code).
@@ -114,6 +115,7 @@ class OTConfig:
     straight_through: bool = True
     learned_marginals: bool = True
     normalize_plan: bool = True
+    warm_start_grad: bool = False
     backend: str | None = None
     learn_mesh_lr: bool = False
     mesh_objective: str = "entropy"
@@ -126,12 +128,13 @@ class OTConfig:
         _check_positive_float("OTConfig.mesh_lr", self.mesh_lr, allow_zero=True)
         _check_positive_float("OTConfig.noise_scale", self.noise_scale, allow_zero=True)
         _check_positive_float("OTConfig.similarity_alpha", self.similarity_alpha, allow_zero=True)
-        for name in ("reuse_uv", "straight_through", "learned_marginals", "normalize_plan", "learn_mesh_lr"):
+        for name in ("reuse_uv", "straight_through", "learned_marginals", "normalize_plan", "warm_start_grad",
+                     "learn_mesh_lr"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"OTConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.backend not in (None, "torch", "cpp", "compile", "triton"):
-            raise ValueError(
-                f"OTConfig.backend must be None, 'torch', 'cpp', 'compile' or 'triton', got {self.backend!r}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"OTConfig.backend must be None or one of {', '.join(map(repr, BACKENDS))}, "
+                             f"got {self.backend!r}")
         if self.mesh_objective not in MESH_OBJECTIVES:
             raise ValueError(f"OTConfig.mesh_objective must be one of {MESH_OBJECTIVES}, got {self.mesh_objective!r}")
         if self.learn_mesh_lr and self.mesh_lr == 0:
@@ -140,6 +143,9 @@ class OTConfig:
         if self.straight_through and (self.mesh_objective == "learned" or self.similarity_alpha > 0):
             raise ValueError("OTConfig.mesh_objective='learned' and similarity_alpha > 0 need straight_through=False: "
                              "their networks act on MESH's output only through its gradient steps")
+        if self.warm_start_grad and self.mesh_variant():
+            raise ValueError("OTConfig.warm_start_grad applies to the fused MESH; the appendix variants "
+                             "(learn_mesh_lr, mesh_objective, similarity_alpha) run their own autograd steps")
 
     def mesh_variant(self) -> bool:
         """Whether an appendix variant of MESH (``slots.mesh_variants``) is on."""
@@ -278,7 +284,7 @@ def _plan_emd(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
 def _plan_mesh(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
     C2, u, v = mesh(C, a, b, n_mesh_iters=ot.mesh_iters, n_sh_iters=ot.n_sh_iters, lr=ot.mesh_lr, noise=noise,
                     noise_scale=ot.noise_scale, reuse_uv=ot.reuse_uv, tau=ot.tau,
-                    straight_through=ot.straight_through, backend=ot.backend)
+                    straight_through=ot.straight_through, warm_start_grad=ot.warm_start_grad, backend=ot.backend)
     P, _, _ = sinkhorn(C2, a, b, n_iters=ot.n_sh_iters, tau=ot.tau, u=u, v=v, backend=ot.backend)
     return P
 

@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+import kernels
 from slots.train import (METRICS_NAME, RESULTS_NAME, CheckpointError, TrainConfig, TrainingInterrupted,
                          check_resumable, dist_info, is_main_process, seed_everything, train)
 
@@ -47,7 +48,7 @@ from .pool import cores, run_jobs
 __all__ = ["Metric", "Budget", "Task", "Experiment", "run", "format_table", "build_parser", "experiment_from_args",
            "main", "require_one_batch", "BACKENDS"]
 
-BACKENDS = ("auto", "torch", "cpp", "compile", "triton")
+BACKENDS = ("auto", *kernels.BACKENDS)
 
 
 @dataclass(frozen=True)
