@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tasks.clevrer import real
-from tasks.clevrer.real import load_clevrer_real, read_video_frames, rle_decode, rle_encode
+from tasks.clevrer.real import load_clevrer_real, official_video_ids, read_video_frames, rle_decode, rle_encode
 from tasks.scenes import DataFormatError, MissingDataError
 
 H, W, T = 32, 48, 130
@@ -196,15 +196,17 @@ def test_load_real_errors_name_the_file(clevrer_root, tmp_path):
 
 @pytest.mark.parametrize("breakage, match", [
     ("missing_field", r"proposal_00000\.json: frame 0 object 0 lacks one of mask, color"),
-    ("wrong_size", r"proposal_00000\.json: frame 0 object 0 mask is 10x10, the video frame is 32x48"),
+    ("wrong_size", r"proposal_00000\.json: frame 0 object 0 mask is 10x10, the frame of .*video_00000\.mp4 is 32x48"),
     ("missing_frame", r"proposal_00000\.json: no entry with frame_index 15"),
     ("bad_json", r"proposal_00000\.json: cannot read JSON"),
     ("bad_annotation", r"annotation_00000\.json: object_property\[0\] lacks"),
     ("missing_proposal", r"proposal_00000\.json does not exist"),
+    ("other_video", r"proposal_00000\.json: proposals of video 3, not of .*video_00000\.mp4"),
+    ("short_video", r"video_00000\.mp4: has 12 frames, frame index 15 is needed"),
 ])
 def test_bad_records_name_the_file(tmp_path, breakage, match):
     root = tmp_path / "root"
-    frames = np.zeros((16, H, W, 3), np.uint8)
+    frames = np.zeros((12 if breakage == "short_video" else 16, H, W, 3), np.uint8)
     _write_video(root / "video_train/v/video_00000.mp4", frames)
     obj = _obj(_box(0, 0, 4, 4), "red", "metal", "cube")
     prop = {"frames": [{"frame_index": 0, "objects": [obj]}, {"frame_index": 15, "objects": [obj]}]}
@@ -217,6 +219,8 @@ def test_bad_records_name_the_file(tmp_path, breakage, match):
         prop["frames"].pop()
     elif breakage == "bad_annotation":
         del ann["object_property"][0]["object_id"]
+    elif breakage == "other_video":
+        prop["video_index"] = 3
     (root / "derender_proposals").mkdir()
     (root / "annotation_train").mkdir()
     (root / "annotation_train/annotation_00000.json").write_text(json.dumps(ann))
@@ -226,3 +230,19 @@ def test_bad_records_name_the_file(tmp_path, breakage, match):
         (root / "derender_proposals/proposal_00000.json").write_text(json.dumps(prop))
     with pytest.raises(ValueError, match=match):
         load_clevrer_real(root, "S", "train", size=None, use_cache=False, progress=False)
+
+
+def test_official_splits_and_chosen_videos(clevrer_root, tmp_path):
+    train, val, test = (official_video_ids(s) for s in ("train", "val", "test"))
+    assert len(train) == 9_998 and train[0] == 0 and train[-1] == 9_999 and {7648, 9777}.isdisjoint(train)
+    assert val == list(range(10_000, 10_320)) and test == list(range(15_000, 20_000))
+    with pytest.raises(ValueError, match="split"):
+        official_video_ids("dev")
+    root, frames, expected = clevrer_root
+    kw = {"size": None, "cache_dir": tmp_path, "progress": False}
+    d = load_clevrer_real(root, "S", "train", video_ids=[1], **kw)
+    assert d.ids == ["video_00001"] and torch.equal(d.masks, torch.from_numpy(expected["S"][1:]))
+    # the first of the listed videos (max_videos) must exist; later ones are not needed
+    assert load_clevrer_real(root, "S", "train", video_ids=[0, 5], max_videos=1, **kw).ids == ["video_00000"]
+    with pytest.raises(MissingDataError, match=r"CLEVRER train videos: video_00005\.mp4 and 1 more not found"):
+        load_clevrer_real(root, "S", "train", video_ids=[0, 5, 6], **kw)
