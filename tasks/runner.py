@@ -112,6 +112,10 @@ class Task:
         model_config: optional ``(cfg, variant) -> dict``, the model's full configuration, stored with each
             run (so that a changed default is not resumed silently).
         validate: optional ``(cfg, budget)``: raises ValueError for options that do not fit together.
+        prepare: optional ``(cfg)``: reads (and caches) every input file the runs need, in this process,
+            after the run folders are checked and before any is written or a worker starts; bad input
+            raises ValueError naming the file. Workers then find the data in the task's cache instead of
+            building it each on its own.
         add_arguments: optional ``(parser, steps_group)``: the task's own command-line options
             (``steps_group``: the mutually exclusive group of ``--steps``, for options that set the steps).
         options_from_args: optional ``(args) -> {config field: value}`` for the options given.
@@ -139,6 +143,7 @@ class Task:
     after_train: Callable[[nn.Module, Any, Any, Path], None] | None = None
     model_config: Callable[[Any, str], dict] | None = None
     validate: Callable[[Any, Budget], None] | None = None
+    prepare: Callable[[Any], None] | None = None
     add_arguments: Callable[[argparse.ArgumentParser, Any], None] | None = None
     options_from_args: Callable[[argparse.Namespace], dict] | None = None
     plot_file: str = "curves.png"
@@ -290,7 +295,8 @@ def run(task: Task, exp: Experiment) -> dict:
 
     Raises:
         ValueError / CheckpointError before anything is trained or written if a run folder cannot be used
-        (a file in the way, an existing run without ``resume``, an unreadable or foreign checkpoint or result).
+        (a file in the way, an existing run without ``resume``, an unreadable or foreign checkpoint or result)
+        or the task's ``prepare`` or ``load_test`` finds bad input.
     """
     _check_out(exp.out)
     unknown = [v for v in exp.variants if v not in task.variants]
@@ -306,6 +312,8 @@ def run(task: Task, exp: Experiment) -> dict:
         check_resumable(exp.train_config(task, v, s), task.name, task_config(task, exp, v, s))
         reuse[v, s] = _finished(task, exp, v, s)
 
+    if task.prepare is not None:
+        task.prepare(exp.config)
     test = task.load_test(exp.config)
     results = {run: r for run, r in reuse.items() if r is not None}
     pending = [run for run in runs if reuse[run] is None]
