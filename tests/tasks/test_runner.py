@@ -1,8 +1,6 @@
 """Tests of the shared experiment runner (``tasks.runner``) on a toy task: the summary and table of a task with
 several metrics and mean +- std over seeds, baseline rows, the after-train hook, budgets and their overrides,
 and run folders that cannot be used (refused in one line, exit status 2, nothing written)."""
-import contextlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,8 @@ from torch import nn
 
 from tasks import runner
 from tasks.pool import run_jobs
+
+from cli import run_cli
 
 
 @dataclass
@@ -79,13 +79,7 @@ TOY = runner.Task(
 
 
 def run_main(argv, task=TOY):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = runner.main(task, [str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(lambda args: runner.main(task, args), argv)
 
 
 @pytest.fixture(autouse=True)
@@ -195,3 +189,17 @@ def test_prepare_runs_once_before_any_run_folder_is_written(tmp_path):
                                task=good)
     assert code == 0, stderr
     assert calls == [(64, False)] and (tmp_path / "y" / "table.md").exists()
+
+
+def test_a_metric_without_figures_of_the_paper_has_no_paper_column():
+    def cell(ours, paper):
+        return {"ours": ours, "std": None, "min": ours, "max": ours, "per_seed": [ours], "paper": paper}
+
+    row = {"variant": "sa", "name": "Plain", "step_ms": 2.0, "time_vs": 1.0,
+           "metrics": {"score": cell(50.0, (90.0, 1.5)), "mse": cell(0.25, None)}}
+    summary = {"describe": "Toy.", "rows": [row], "baselines": {}}
+    lines = runner.format_table(TOY, summary).splitlines()
+    header = next(line for line in lines if line.startswith("| model"))
+    assert [c.strip() for c in header.strip("| ").split("|")] == [
+        "model", "ours score", "paper score", "ours MSE", "ours per seed (score)", "step time (ms)", "time vs Plain"]
+    assert lines[-1] == "| Plain | 50.0 | 90 ± 1.5 | 0.250 | 50.0 | 2.0 | 1.00x |"
