@@ -2,10 +2,11 @@
 loss and the evaluation metrics of Zhang et al. (ICML 2023).
 
 Conventions: inputs x (B, n, input_dim), slots (B, n_slots, dim); attention plans (B, n, n_slots) with
-rows = inputs and columns = slots, as in ``kernels``.
+rows = inputs and columns = slots, as in ``kernels``. Images (B, C, H, W) in [-1, 1] for the
+object-discovery autoencoder of ``slots.vision``.
 """
 from .attention import ATTENTION_VARIANTS, COSTS, SLOT_INITS, OTConfig, SlotAttention, SlotAttentionConfig
-from .losses import hungarian_match, hungarian_mse_loss, pairwise_mse
+from .losses import hungarian_huber_loss, hungarian_match, hungarian_mse_loss, pairwise_huber, pairwise_mse
 from .metrics import (
     CLEVR_AP_THRESHOLDS,
     clevr_average_precision,
@@ -13,6 +14,19 @@ from .metrics import (
     fg_miou,
     normalized_hungarian_rmse,
     temporal_consistency,
+)
+from .vision import (
+    AutoencoderOutput,
+    CNNEncoder,
+    DecoderConfig,
+    EncoderConfig,
+    SlotAutoencoder,
+    SlotAutoencoderConfig,
+    SoftPositionEmbed,
+    SpatialBroadcastDecoder,
+    build_grid,
+    image_autoencoder_config,
+    to_model_range,
 )
 
 __all__ = [
@@ -23,12 +37,25 @@ __all__ = [
     "COSTS",
     "SLOT_INITS",
     "hungarian_mse_loss",
+    "hungarian_huber_loss",
     "hungarian_match",
     "pairwise_mse",
+    "pairwise_huber",
     "normalized_hungarian_rmse",
     "clevr_average_precision",
     "CLEVR_AP_THRESHOLDS",
     "fg_ari",
     "fg_miou",
     "temporal_consistency",
+    "SlotAutoencoder",
+    "SlotAutoencoderConfig",
+    "AutoencoderOutput",
+    "EncoderConfig",
+    "DecoderConfig",
+    "CNNEncoder",
+    "SoftPositionEmbed",
+    "SpatialBroadcastDecoder",
+    "build_grid",
+    "image_autoencoder_config",
+    "to_model_range",
 ]

@@ -135,8 +135,9 @@ class SlotAttentionConfig:
         n_iters: slot-attention iterations, >= 1.
         mlp_hidden: hidden width of the residual slot MLP and of the marginal MLPs.
         init: "learned" (Gaussian with learned mean and log-std, sampled per call), "fixed" (N(0, I),
-            nothing learned) or "equal" (every slot the same learned vector; Sec. 4.1). Ignored when
-            slots are passed to ``forward``.
+            nothing learned), "equal" (every slot the same learned vector; Sec. 4.1) or "per_slot" (one
+            learned vector per slot, no sampling: the learned initialization of App. H and Locatello et
+            al.'s App. B). Ignored when slots are passed to ``forward``.
         implicit_grad: first-order implicit differentiation of Chang et al. (2022).
         eps: added to the plan before normalizing over inputs (1e-8 as Locatello et al.).
         ot: :class:`OTConfig` (a dict is converted, so a config read back from JSON works).
@@ -287,10 +288,15 @@ def _init_equal(module: "SlotAttention", B: int, device, dtype) -> torch.Tensor:
     return module.slots_mu.expand(B, module.config.n_slots, module.config.dim)
 
 
+def _init_per_slot(module: "SlotAttention", B: int, device, dtype) -> torch.Tensor:
+    return module.slots_init.expand(B, module.config.n_slots, module.config.dim)
+
+
 SLOT_INITS: dict[str, Callable[..., torch.Tensor]] = {
     "learned": _init_learned,
     "fixed": _init_fixed,
     "equal": _init_equal,
+    "per_slot": _init_per_slot,
 }
 
 
@@ -337,6 +343,8 @@ class SlotAttention(nn.Module):
             self.slots_mu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, 1, d)))
         if config.init == "learned":
             self.slots_log_sigma = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, 1, d)))
+        if config.init == "per_slot":
+            self.slots_init = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, config.n_slots, d)))
 
     # -----------------------------------------------------------------------------------------------
     def _marginal_mass(self) -> float:
@@ -462,8 +470,16 @@ class SlotAttention(nn.Module):
             the last iteration before normalization over inputs (rows are inputs, columns are slots):
             for "sa" each row sums to 1, for the OT variants rows sum to a and columns to b (2a and 2b for
             "sa-emd").
+
+        Under ``torch.autocast`` slot attention still runs in x's dtype (autocast is switched off inside):
+        the OT kernels take float32 / float64 only.
         """
         self._check_inputs(x, slots)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._run(x, slots)
+
+    def _run(self, x: torch.Tensor, slots: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` after the input checks: x (B, n, input_dim), slots (B, n_slots, dim) or None."""
         cfg = self.config
         B, n, _ = x.shape
         k, v, hidden = self._input_projections(x)  # (B, n, dim) each: to_k, to_v of LN(x)

@@ -1,8 +1,10 @@
-"""Hungarian-matched set loss for set prediction (paper App. F.1 and F.2).
+"""Hungarian-matched set losses for set prediction (paper App. F.1 and F.2).
 
 The prediction and the target are unordered sets, so the loss first finds the least-cost one-to-one
 matching between predicted and target elements (the Hungarian algorithm,
-``scipy.optimize.linear_sum_assignment``) and then averages the squared error over the matched pairs.
+``scipy.optimize.linear_sum_assignment``) and then averages the error over the matched pairs: the squared
+error (``hungarian_mse_loss``, random objects) or the Huber loss (``hungarian_huber_loss``, CLEVR, as
+Locatello et al. (2020) train set prediction); the matching minimizes the same error.
 The pairwise costs are computed for the whole batch at once in torch; only the assignment itself runs on
 the CPU, one small problem per batch element. Gradients flow through the matched costs; the matching
 itself is piecewise constant and carries none.
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["pairwise_mse", "hungarian_match", "hungarian_mse_loss"]
+__all__ = ["pairwise_mse", "pairwise_huber", "hungarian_match", "hungarian_mse_loss", "hungarian_huber_loss"]
 
 
 def _check_sets(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -67,14 +69,36 @@ def pairwise_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, k, m) costs; entry [b, i, j] is ``((target[b, i] - pred[b, j]) ** 2).mean()``.
     """
+    return _pairwise_diff(pred, target).pow(2).mean(3)
+
+
+def _pairwise_diff(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """pred (B, m, D), target (B, k, D) -> (B, k, m, D) differences target - pred of every pair."""
     for name, t in (("pred", pred), ("target", target)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a tensor of shape (B, set size, D), got {shape}")
     if pred.shape[0] != target.shape[0] or pred.shape[2] != target.shape[2]:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must share B and D")
-    diff = target[:, :, None, :] - pred[:, None, :, :]  # (B, k, m, D)
-    return diff.pow(2).mean(3)
+    return target[:, :, None, :] - pred[:, None, :, :]
+
+
+def pairwise_huber(pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    """Mean Huber loss of every (target, prediction) pair.
+
+    Huber(d) = d^2 / 2 for |d| <= delta, delta (|d| - delta / 2) beyond (``torch.nn.functional.huber_loss``).
+
+    Args:
+        pred: (B, m, D) predicted elements. target: (B, k, D) target elements. delta: > 0.
+
+    Returns:
+        (B, k, m) costs; entry [b, i, j] is the mean over the D features of Huber(target[b, i] - pred[b, j]).
+    """
+    if not isinstance(delta, (int, float)) or isinstance(delta, bool) or not delta > 0 or delta == float("inf"):
+        raise ValueError(f"delta must be a finite number > 0, got {delta!r}")
+    diff = _pairwise_diff(pred, target).abs()  # (B, k, m, D)
+    quadratic = diff.clamp(max=delta)
+    return (quadratic * (diff - quadratic / 2)).mean(3)  # d^2/2 inside, delta (|d| - delta/2) outside
 
 
 def _assign(cost: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -143,10 +167,34 @@ def hungarian_mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     Returns:
         () or (B,) tensor, see ``reduction``.
     """
+    return _matched_mean(pairwise_mse, pred, target, mask, reduction)
+
+
+def hungarian_huber_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                         reduction: str = "mean", delta: float = 1.0) -> torch.Tensor:
+    """Hungarian-matched Huber loss between two sets (App. F.2, Locatello et al.'s set-prediction loss).
+
+    As :func:`hungarian_mse_loss` with :func:`pairwise_huber` (mean over the D features) as the cost of a
+    pair, for the matching and for the loss. Locatello et al. sum the matched pairs of an example and
+    average over the batch; with every slot matched (no mask, k = m) that is m times the "mean" here.
+
+    Args:
+        pred: (B, m, D). target: (B, k, D), k <= m present per batch element. mask: optional (B, k) bool.
+        reduction: "mean" or "none", as :func:`hungarian_mse_loss`. delta: Huber's threshold, > 0.
+
+    Returns:
+        () or (B,) tensor, see ``reduction``.
+    """
+    return _matched_mean(lambda p, t: pairwise_huber(p, t, delta), pred, target, mask, reduction)
+
+
+def _matched_mean(pairwise, pred, target, mask, reduction: str) -> torch.Tensor:
+    """The mean of ``pairwise(pred, target)`` (B, k, m) over the least-cost matched pairs (see
+    :func:`hungarian_mse_loss` for ``mask`` and ``reduction``)."""
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     mask = _check_sets(pred, target, mask)
-    cost = pairwise_mse(pred, target)  # (B, k, m): rows are targets, columns are predictions
+    cost = pairwise(pred, target)  # (B, k, m): rows are targets, columns are predictions
     idx = _assign(cost, mask)  # (B, k)
     matched = cost.gather(2, idx.clamp_min(0)[:, :, None]).squeeze(2)  # (B, k)
     matched = torch.where(mask, matched, torch.zeros_like(matched))

@@ -45,7 +45,7 @@ from slots.train import (METRICS_NAME, RESULTS_NAME, CheckpointError, TrainConfi
 from .pool import cores, run_jobs
 
 __all__ = ["Metric", "Budget", "Task", "Experiment", "run", "format_table", "build_parser", "experiment_from_args",
-           "main", "BACKENDS"]
+           "main", "require_one_batch", "BACKENDS"]
 
 BACKENDS = ("auto", "torch", "cpp", "compile", "triton")
 
@@ -57,12 +57,14 @@ class Metric:
     Attributes:
         key: the key in ``task.evaluate``'s dict. label: the column header.
         lower_is_better: direction. fmt: format of our figure (e.g. ".3f"; ".1f" for percentages).
+        paper_fmt: format of the paper's figures.
     """
 
     key: str
     label: str
     lower_is_better: bool = False
     fmt: str = ".3f"
+    paper_fmt: str = "g"
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,12 @@ class Task:
         build: ``(cfg, variant) -> nn.Module``, called right after seeding.
         loss: ``(model, batch) -> () tensor``, a mean over the batch.
         evaluate: ``(model, test, cfg) -> {metric key: float}``.
-        metrics: the table's metrics; the first is the headline (per-seed values, plot).
-        paper: ``(cfg) -> {variant or baseline name: {metric key: figure or (mean, std)}}``, the paper's.
-        paper_label: where the paper's figures come from, e.g. "Table 1, median of 5 seeds".
+        metrics: the table's metrics, in column order.
+        paper: ``(cfg) -> {variant or baseline name: {metric key: figure or (mean, std)}}``, the paper's. A name
+            that is neither a variant nor a baseline is a row of the paper's figures alone (e.g. another
+            method the paper lists).
+        paper_label: where the paper's figures come from, e.g. "Table 1, median of 5 seeds"; or
+            ``(cfg) -> str`` when it depends on the options.
         budgets: name -> :class:`Budget`; default_budget: the one used without ``--budget``.
         describe: ``(cfg, budget, seeds) -> str``, the sentence above the table.
         aggregate: "median" or "mean" (mean and standard deviation) over seeds.
@@ -112,15 +117,16 @@ class Task:
         model_config: optional ``(cfg, variant) -> dict``, the model's full configuration, stored with each
             run (so that a changed default is not resumed silently).
         validate: optional ``(cfg, budget)``: raises ValueError for options that do not fit together.
-        prepare: optional ``(cfg)``: reads (and caches) every input file the runs need, in this process,
-            after the run folders are checked and before any is written or a worker starts; bad input
-            raises ValueError naming the file. Workers then find the data in the task's cache instead of
-            building it each on its own.
         add_arguments: optional ``(parser, steps_group)``: the task's own command-line options
             (``steps_group``: the mutually exclusive group of ``--steps``, for options that set the steps).
         options_from_args: optional ``(args) -> {config field: value}`` for the options given.
         plot_file: file name of the plot.
         time_vs: variant whose step time is the unit of the "time vs" column (None: no column).
+        headline_key: the key of the headline metric (per-seed values, plot); None is the first metric.
+        prepare: optional ``(cfg, progress)``, called once in this process before any run is trained or any
+            run folder written: build data caches, check data files (raises ValueError naming the file).
+        paper_time: optional ``(cfg) -> {variant: hours}``, the paper's training times, shown next to ours
+            relative to the ``time_vs`` variant's.
     """
 
     name: str
@@ -134,7 +140,7 @@ class Task:
     evaluate: Callable[[nn.Module, Any, Any], dict]
     metrics: tuple[Metric, ...]
     paper: Callable[[Any], Mapping[str, Mapping[str, Any]]]
-    paper_label: str
+    paper_label: str | Callable[[Any], str]
     budgets: Mapping[str, Budget]
     default_budget: str
     describe: Callable[[Any, Budget, int], str]
@@ -143,15 +149,23 @@ class Task:
     after_train: Callable[[nn.Module, Any, Any, Path], None] | None = None
     model_config: Callable[[Any, str], dict] | None = None
     validate: Callable[[Any, Budget], None] | None = None
-    prepare: Callable[[Any], None] | None = None
     add_arguments: Callable[[argparse.ArgumentParser, Any], None] | None = None
     options_from_args: Callable[[argparse.Namespace], dict] | None = None
     plot_file: str = "curves.png"
     time_vs: str | None = "sa"
+    headline_key: str | None = None
+    prepare: Callable[[Any, bool], None] | None = None
+    paper_time: Callable[[Any], Mapping[str, float]] | None = None
 
     @property
     def headline(self) -> Metric:
-        return self.metrics[0]
+        if self.headline_key is None:
+            return self.metrics[0]
+        return next(m for m in self.metrics if m.key == self.headline_key)
+
+    def label(self, cfg) -> str:
+        """Where the paper's figures come from, for the options ``cfg``."""
+        return self.paper_label(cfg) if callable(self.paper_label) else self.paper_label
 
 
 @dataclass
@@ -191,6 +205,12 @@ class Experiment:
             ckpt_every=b.ckpt_every, resume=self.resume,
             num_threads=self.num_threads if num_threads is None else num_threads,
             progress=self.progress if progress is None else progress)
+
+
+def require_one_batch(cfg, budget: Budget) -> None:
+    """A ``Task.validate`` for configs with an ``n_train`` field: the training set holds at least one batch."""
+    if cfg.n_train < budget.batch_size:
+        raise ValueError(f"n_train ({cfg.n_train}) must be at least one batch ({budget.batch_size})")
 
 
 def run_dir(exp: Experiment, variant: str, seed: int) -> Path:
@@ -311,9 +331,9 @@ def run(task: Task, exp: Experiment) -> dict:
         # task_config does not cover
         check_resumable(exp.train_config(task, v, s), task.name, task_config(task, exp, v, s))
         reuse[v, s] = _finished(task, exp, v, s)
+    if task.prepare is not None and any(r is None for r in reuse.values()):
+        task.prepare(exp.config, exp.progress)
 
-    if task.prepare is not None:
-        task.prepare(exp.config)
     test = task.load_test(exp.config)
     results = {run: r for run, r in reuse.items() if r is not None}
     pending = [run for run in runs if reuse[run] is None]
@@ -385,24 +405,32 @@ def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
                      "step_ms": statistics.median(step_ms) if step_ms else None})
         curves[v] = {f"seed{s}": _curves(run_dir(exp, v, s) / METRICS_NAME, task.metrics) for s in range(exp.seeds)}
     unit = next((r["step_ms"] for r in rows if r["variant"] == task.time_vs), None)
+    paper_time = task.paper_time(exp.config) if task.paper_time else {}
     for r in rows:
         r["time_vs"] = r["step_ms"] / unit if unit and r["step_ms"] else None
+        hours, paper_unit = paper_time.get(r["variant"]), paper_time.get(task.time_vs)
+        r["paper_time_h"] = hours
+        r["paper_time_vs"] = hours / paper_unit if hours and paper_unit else None
+    ours = task.baselines(exp.config, test) if task.baselines else {}
+    paper_only = [name for name in paper if name not in task.variants and name not in ours]
     baselines = {}
-    for name, values in (task.baselines(exp.config, test) if task.baselines else {}).items():
+    for name in [*ours, *paper_only]:
+        values = ours.get(name, {})
         baselines[name] = {"metrics": {m.key: {"ours": values.get(m.key), "paper": paper.get(name, {}).get(m.key)}
                                        for m in task.metrics}}
     config = {**asdict(exp.config), **{k: v for k, v in asdict(exp.budget).items() if k != "overrides"},
               "variants": list(exp.variants), "seeds": exp.seeds, "out": exp.out}
     return {"task": task.name, "config": config, "describe": task.describe(exp.config, exp.budget, exp.seeds),
-            "aggregate": task.aggregate, "rows": rows, "baselines": baselines, "curves": curves}
+            "paper_label": task.label(exp.config), "aggregate": task.aggregate, "rows": rows, "baselines": baselines,
+            "curves": curves}
 
 
-def _fmt_paper(value) -> str:
+def _fmt_paper(value, metric: Metric) -> str:
     if value is None:
         return "-"
     if isinstance(value, (tuple, list)):
-        return f"{value[0]:g} ± {value[1]:g}"
-    return f"{value:g}"
+        return f"{value[0]:{metric.paper_fmt}} ± {value[1]:{metric.paper_fmt}}"
+    return format(value, metric.paper_fmt)
 
 
 def _fmt_ours(cell: dict, metric: Metric) -> str:
@@ -421,23 +449,28 @@ def format_table(task: Task, summary: dict) -> str:
     metrics, a metric without any figure of the paper has no paper column)."""
     single = len(task.metrics) == 1
     head = task.headline
+    label = summary["paper_label"]
     has_time = any(r["time_vs"] is not None for r in summary["rows"])
+    has_paper_time = any(r.get("paper_time_h") is not None for r in summary["rows"])
     entries = [r["metrics"] for r in summary["rows"]] + [b["metrics"] for b in summary["baselines"].values()]
     in_paper = {m.key: single or any(e[m.key]["paper"] is not None for e in entries) for m in task.metrics}
     if single:
-        metric_cols = ["ours", f"paper ({task.paper_label})", "ours per seed"]
+        metric_cols = ["ours", f"paper ({label})", "ours per seed"]
     else:
         metric_cols = [c for m in task.metrics
                        for c in (f"ours {m.label}", f"paper {m.label}")[:1 + in_paper[m.key]]]
         metric_cols.append(f"ours per seed ({head.label})")
-    cols = ["model", *metric_cols, "step time (ms)"] + ([f"time vs {task.variants[task.time_vs]}"] if has_time else [])
+    time_cols = [f"time vs {task.variants[task.time_vs]}"] if has_time else []
+    if has_paper_time:
+        time_cols.append("paper train time")
+    cols = ["model", *metric_cols, "step time (ms)", *time_cols]
     lines = [summary["describe"], "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     if not single:
-        lines.insert(1, f"\nThe paper's figures: {task.paper_label}.")
+        lines.insert(1, f"\nThe paper's figures: {label}.")
 
     def cells(metrics: dict) -> list[str]:
         return [c for m in task.metrics
-                for c in (_fmt_ours(metrics[m.key], m), _fmt_paper(metrics[m.key]["paper"]))[:1 + in_paper[m.key]]]
+                for c in (_fmt_ours(metrics[m.key], m), _fmt_paper(metrics[m.key]["paper"], m))[:1 + in_paper[m.key]]]
 
     for r in summary["rows"]:
         seeds = ", ".join(format(x, head.fmt) for x in r["metrics"][head.key]["per_seed"])
@@ -445,11 +478,12 @@ def format_table(task: Task, summary: dict) -> str:
         row = [r["name"], *cells(r["metrics"]), seeds, ms]
         if has_time:
             row.append(f"{r['time_vs']:.2f}x" if r["time_vs"] is not None else "-")
+        if has_paper_time:
+            hours, ratio = r.get("paper_time_h"), r.get("paper_time_vs")
+            row.append("-" if hours is None else f"{hours:g} h" + (f" ({ratio:.2f}x)" if ratio is not None else ""))
         lines.append("| " + " | ".join(row) + " |")
     for name, b in summary["baselines"].items():
-        row = [name, *cells({k: {**c, "std": None} for k, c in b["metrics"].items()}), "-", "-"]
-        if has_time:
-            row.append("-")
+        row = [name, *cells({k: {**c, "std": None} for k, c in b["metrics"].items()}), "-", "-", *["-"] * len(time_cols)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -496,6 +530,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def float_at_least_zero(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def int_at_least(minimum: int):
     """argparse type: an integer >= ``minimum``."""
     def parse(text: str) -> int:
@@ -525,6 +570,8 @@ def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
     steps_group.add_argument("--steps", type=int_at_least(1), help="optimizer steps per run (default: the budget's)")
     p.add_argument("--batch-size", type=int_at_least(1), help="batch size (default: the budget's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the budget's)")
+    p.add_argument("--grad-clip", type=float_at_least_zero,
+                   help="clip the global gradient norm to this value, 0: no clipping (default: the budget's)")
     p.add_argument("--eval-every", type=int_at_least(0), help="steps between test evaluations (default: the budget's)")
     p.add_argument("--ckpt-every", type=int_at_least(0), help="steps between checkpoints (default: the budget's)")
     p.add_argument("--out", help=f"run folder (default runs/{task.name}/...)")
@@ -554,7 +601,7 @@ def experiment_from_args(task: Task, args: argparse.Namespace, default_out: Call
     if getattr(args, "backend", None) is not None:
         options["backend"] = args.backend
     cfg = task.config(**options)
-    schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "eval_every", "ckpt_every")
+    schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_clip", "eval_every", "ckpt_every")
                 if getattr(args, k, None) is not None}
     budget = replace(budget, **schedule)
     out = args.out or (default_out(cfg) if default_out else f"runs/{task.name}/{args.budget}")

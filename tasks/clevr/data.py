@@ -45,7 +45,8 @@ from ..scenes.render import (CLEVR_MIN_PIXELS, COLOR_NAMES, COLORS, MATERIALS, S
 __all__ = [
     "GENERATOR_VERSION", "IMAGE_SIZE", "MAX_OBJECTS", "TARGET_DIM", "DSPN_CLASSES", "COORD_SCALE", "SPLITS",
     "scenes_to_targets", "generate_clevr", "read_clevr", "load_clevr", "write_clevr_tree", "encode_scenes",
-    "decode_scenes",
+    "decode_scenes", "SET_PREDICTION_LAYOUT", "SET_PREDICTION_SLICES", "SET_TARGET_DIM", "set_prediction_targets",
+    "resize_images",
 ]
 
 GENERATOR_VERSION = "2"
@@ -60,6 +61,10 @@ DSPN_CLASSES = {
     "size": ("large", "small"),
 }
 TARGET_DIM = 3 + sum(len(v) for v in DSPN_CLASSES.values())
+# Locatello et al.'s set-prediction layout (19 numbers per object): part -> width, in vector order. The
+# one-hot parts keep DSPN's class order within each attribute.
+SET_PREDICTION_LAYOUT = {"coords": 3, "size": 2, "material": 2, "shape": 3, "color": 8, "real": 1}
+SET_TARGET_DIM = sum(SET_PREDICTION_LAYOUT.values())
 # split -> (stream id, default number of generated images)
 SPLITS = {"train": (0, 10_000), "val": (1, 2_000), "test": (2, 2_000)}
 BLOCK = 32
@@ -114,6 +119,63 @@ def scenes_to_targets(scenes: list[dict], max_objects: int = MAX_OBJECTS,
             targets[i, j] = row
             presence[i, j] = True
     return targets, presence
+
+
+def _offsets(layout: dict[str, int]) -> dict[str, slice]:
+    out, start = {}, 0
+    for name, width in layout.items():
+        out[name] = slice(start, start + width)
+        start += width
+    return out
+
+
+SET_PREDICTION_SLICES = _offsets(SET_PREDICTION_LAYOUT)  # part -> slice of the 19 numbers
+
+
+def set_prediction_targets(targets, presence) -> torch.Tensor:
+    """Locatello et al.'s (2020) set-prediction targets from DSPN targets (App. F.2).
+
+    Per object: the 3-d coordinates mapped from [-3, 3] to [0, 1] by (x + 3) / 6, one-hot size, material,
+    shape and colour, then 1 for a real object (``SET_PREDICTION_LAYOUT``, 19 numbers); absent objects are
+    all-zero rows, as Locatello et al. pad them.
+
+    Args:
+        targets: float (N, K, 18) DSPN targets (``scenes_to_targets``). presence: bool (N, K).
+
+    Returns:
+        float32 (N, K, 19) tensor.
+    """
+    targets = torch.as_tensor(targets, dtype=torch.float32)
+    presence = torch.as_tensor(presence, dtype=torch.bool)
+    if targets.dim() != 3 or targets.shape[2] != TARGET_DIM or tuple(presence.shape) != tuple(targets.shape[:2]):
+        raise ValueError(f"need DSPN targets (N, K, {TARGET_DIM}) and presence (N, K), got {tuple(targets.shape)} "
+                         f"and {tuple(presence.shape)}")
+    dspn = _offsets({"coords": 3, **{k: len(v) for k, v in DSPN_CLASSES.items()}})
+    out = torch.zeros(*targets.shape[:2], SET_TARGET_DIM)
+    for name, where in SET_PREDICTION_SLICES.items():
+        if name == "coords":
+            out[..., where] = (targets[..., dspn[name]] * COORD_SCALE + 3) / 6
+        elif name == "real":
+            out[..., where] = 1.0
+        else:
+            out[..., where] = targets[..., dspn[name]]
+    return out * presence[..., None]
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize (antialiased, as PIL's) of uint8 images (N, 3, H, W) to uint8 (N, 3, size, size),
+    rounded; the images themselves when they already have that size. Works in chunks of 1,024 images."""
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"need uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if tuple(images.shape[2:]) == (size, size):
+        return images
+    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
+    for start in range(0, len(images), 1024):
+        chunk = images[start:start + 1024].float()
+        small = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False)
+        out[start:start + 1024] = small.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 # ---- generator ----------------------------------------------------------------------------------------------

@@ -207,10 +207,10 @@ def _load_test(cfg: ClevrerConfig):
     return _load(cfg, "test", cfg.n_test, progress=False)
 
 
-def _prepare(cfg: ClevrerConfig) -> None:
+def _prepare(cfg: ClevrerConfig, progress: bool) -> None:
     """Reads (generates or decodes, and caches) both splits, checking every file before any training."""
     for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
-        data = _load(cfg, split, n)
+        data = _load(cfg, split, n, progress)
         want = (2, 3, 64, 64)
         if tuple(data.images.shape[1:]) != want:
             raise ValueError(f"CLEVRER-{cfg.data} {split} pairs are {tuple(data.images.shape[1:])}, the model "

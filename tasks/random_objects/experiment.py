@@ -17,10 +17,10 @@ import torch
 
 from slots import OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
 
-from ..runner import BACKENDS, Budget, Metric, Task
+from ..runner import BACKENDS, Budget, Metric, Task, require_one_batch
 from ..runner import format_table as _format_table
 from .data import make_split
-from .model import ModelConfig, RandomObjectsModel
+from .model import HEADS, ModelConfig, RandomObjectsModel
 
 __all__ = ["RandomObjectsConfig", "PAPER_TABLE1", "VARIANTS", "TASK", "BUDGETS", "format_table", "ideal_routing_rmse",
            "IDEAL_ROUTING"]
@@ -171,11 +171,6 @@ def _describe(cfg: RandomObjectsConfig, budget: Budget, seeds: int) -> str:
             f"{budget.batch_size}, median over {seeds} seed(s).")
 
 
-def _validate(cfg: RandomObjectsConfig, budget: Budget) -> None:
-    if cfg.n_train < budget.batch_size:
-        raise ValueError(f"n_train ({cfg.n_train}) must be at least one batch ({budget.batch_size})")
-
-
 def _add_arguments(p, steps_group) -> None:
     from ..runner import int_at_least, positive_float
 
@@ -186,10 +181,12 @@ def _add_arguments(p, steps_group) -> None:
                    help="epochs per run, each n_train / batch_size steps (instead of --steps)")
     p.add_argument("--n-train", type=int_at_least(1), default=64_000, help="training examples")
     p.add_argument("--n-test", type=int_at_least(1), help="test examples (default 6,400; --quick 1,280)")
+    p.add_argument("--head", choices=HEADS, default="linear",
+                   help="read-out of the slots: a linear map (zero-initialised) or none (slots are the predictions)")
 
 
 def _options_from_args(args) -> dict:
-    options = {"sigma": args.sigma, "n_train": args.n_train}
+    options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head}
     if args.n_test is not None:
         options["n_test"] = args.n_test
     return options
@@ -201,7 +198,7 @@ TASK = Task(
     metrics=(Metric("rmse_norm", "normalized RMSE", lower_is_better=True),), paper=_paper,
     paper_label="Table 1, median of 5 seeds", budgets=BUDGETS, default_budget="paper", describe=_describe,
     aggregate="median", baselines=_baselines, model_config=_model_config,
-    validate=_validate, add_arguments=_add_arguments, options_from_args=_options_from_args,
+    validate=require_one_batch, add_arguments=_add_arguments, options_from_args=_options_from_args,
     plot_file="rmse_vs_steps.png")
 
 

@@ -4,18 +4,24 @@ import itertools
 import pytest
 import torch
 
-from slots import hungarian_match, hungarian_mse_loss, pairwise_mse
+import torch.nn.functional as F
+
+from slots import hungarian_huber_loss, hungarian_match, hungarian_mse_loss, pairwise_huber, pairwise_mse
 
 
-def brute_force(pred, target, mask):
-    """Per batch element: the least total MSE over every injective map of present targets to predictions,
-    and that map."""
+def _mse(t, p):
+    return ((t - p) ** 2).mean()
+
+
+def brute_force(pred, target, mask, pair_loss=_mse):
+    """Per batch element: the least total ``pair_loss`` over every injective map of present targets to
+    predictions, and that map."""
     losses, maps = [], []
     for p, t, mk in zip(pred, target, mask):
         rows = [i for i in range(len(t)) if mk[i]]
         best, best_map = None, None
         for cols in itertools.permutations(range(len(p)), len(rows)):
-            total = sum(float(((t[i] - p[j]) ** 2).mean()) for i, j in zip(rows, cols))
+            total = sum(float(pair_loss(t[i], p[j])) for i, j in zip(rows, cols))
             if best is None or total < best:
                 best, best_map = total, dict(zip(rows, cols))
         losses.append((best, len(rows)))
@@ -102,3 +108,47 @@ def test_reduction_none_with_empty_element_and_errors():
         hungarian_mse_loss(torch.full((2, 3, 2), float("nan")), target)
     with pytest.raises(ValueError, match="floating"):
         hungarian_mse_loss(torch.ones(2, 3, 2, dtype=torch.long), target)
+
+
+# ---- Huber (CLEVR set prediction) -------------------------------------------------------------------------------
+def test_pairwise_huber_is_torch_huber_of_each_pair():
+    torch.manual_seed(2)
+    pred, target = 2 * torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(3, 6, 5, dtype=torch.float64)
+    for delta in (1.0, 0.3):
+        C = pairwise_huber(pred, target, delta)
+        assert C.shape == (3, 6, 4)
+        ref = torch.stack([torch.stack([torch.stack([F.huber_loss(pred[b, j], target[b, i], delta=delta)
+                                                     for j in range(4)]) for i in range(6)]) for b in range(3)])
+        torch.testing.assert_close(C, ref)
+    for delta in (0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="delta must be a finite number > 0"):
+            pairwise_huber(pred, target, delta)
+
+
+def test_pairwise_huber_gradient():
+    torch.manual_seed(3)
+    pred = (2 * torch.randn(2, 3, 4, dtype=torch.float64)).requires_grad_(True)
+    target = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p, t: pairwise_huber(p, t, 0.7), (pred, target))
+
+
+@pytest.mark.parametrize("m,k", [(5, 5), (6, 4)])
+def test_huber_matches_brute_force(m, k):
+    torch.manual_seed(4)
+    pred, target = 2 * torch.randn(6, m, 3, dtype=torch.float64), torch.randn(6, k, 3, dtype=torch.float64)
+    mask = torch.rand(6, k) > 0.3
+    mask[0] = True
+    ref, _ = brute_force(pred, target, mask, lambda t, p: F.huber_loss(p, t, delta=0.5))
+    loss = hungarian_huber_loss(pred, target, mask, delta=0.5)
+    per = hungarian_huber_loss(pred, target, mask, reduction="none", delta=0.5)
+    total, count = sum(r[0] for r in ref), sum(r[1] for r in ref)
+    torch.testing.assert_close(loss, torch.tensor(total / count, dtype=torch.float64))
+    torch.testing.assert_close(per, torch.tensor([r[0] / max(r[1], 1) for r in ref], dtype=torch.float64))
+
+
+def test_huber_within_delta_is_half_the_squared_error():
+    """In [0, 1] (sigmoid outputs and CLEVR targets) every |difference| is <= 1, so Huber with delta 1 is
+    half the squared error: the same matching and half the MSE loss."""
+    torch.manual_seed(5)
+    pred, target = torch.rand(8, 10, 19, dtype=torch.float64), torch.rand(8, 10, 19, dtype=torch.float64)
+    torch.testing.assert_close(hungarian_huber_loss(pred, target), hungarian_mse_loss(pred, target) / 2)

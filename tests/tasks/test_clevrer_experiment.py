@@ -18,7 +18,6 @@ from tasks.clevrer.__main__ import main  # noqa: E402
 from tasks.clevrer.model import TRANSITIONS, VideoModelConfig, VideoSlotAutoencoder, video_loss  # noqa: E402
 from tasks.scenes import SceneData  # noqa: E402
 
-from cli import run_cli  # noqa: E402
 from clevrer_fixtures import box, proposal_object, write_video  # noqa: E402
 
 
@@ -163,8 +162,9 @@ def test_grid_regions_partition_the_image():
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
-def _run(argv):
-    return run_cli(main, argv)
+@pytest.fixture
+def run_main(run_cli):
+    return lambda argv: run_cli(main, argv)
 
 
 @pytest.fixture(autouse=True)
@@ -178,9 +178,9 @@ def _isolated(tmp_path, monkeypatch):
 TINY = ["--steps", "2", "--batch-size", "2", "--eval-every", "1", "--jobs", "1", "--threads", "1", "--no-progress"]
 
 
-def test_command_line_end_to_end_at_a_tiny_budget(tmp_path):
+def test_command_line_end_to_end_at_a_tiny_budget(tmp_path, run_main):
     out = tmp_path / "run"
-    code, stdout, stderr = _run(["--data", "L", "--n-train", "4", "--n-test", "3", "--variant", "sa",
+    code, stdout, stderr = run_main(["--data", "L", "--n-train", "4", "--n-test", "3", "--variant", "sa",
                                  "--variant", "sa-mesh", *TINY, "--out", out])
     assert code == 0, stderr
     summary = json.loads((out / "table.json").read_text())
@@ -223,14 +223,14 @@ def _real_tree(root, breakage=None):
     ("no_folder", r"CLEVRER data folder: folder .*absent does not exist"),
     (None, None),
 ])
-def test_bad_real_input_is_refused_before_anything_is_written(tmp_path, breakage, message):
+def test_bad_real_input_is_refused_before_anything_is_written(tmp_path, run_main, breakage, message):
     import re
 
     root = tmp_path / ("absent" if breakage == "no_folder" else "clevrer")
     if breakage != "no_folder":
         _real_tree(root, breakage)
     out = tmp_path / "run"
-    code, stdout, stderr = _run(["--data", "S", "--data-dir", root, "--n-train", "1", "--n-test", "1",
+    code, stdout, stderr = run_main(["--data", "S", "--data-dir", root, "--n-train", "1", "--n-test", "1",
                                  "--variant", "sa", "--steps", "1", "--batch-size", "1", *TINY[4:], "--out", out])
     if breakage is None:
         assert code == 0, stderr

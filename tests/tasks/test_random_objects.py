@@ -1,13 +1,9 @@
 """Tests of the random-objects command line (``python -m tasks.random_objects``): a tiny end-to-end run and
 its summary files, argument checks, unusable run folders (corrupt or foreign checkpoints, existing runs)
 refused with nothing overwritten, reuse of finished runs, Ctrl-C then --resume, and torchrun."""
-import contextlib
-import dataclasses
-import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,15 +22,9 @@ TINY = ["--steps", "3", "--n-train", "128", "--n-test", "64", "--batch-size", "3
 SUMMARY = ("table.md", "table.json", "rmse_vs_steps.png")
 
 
-def run_main(argv):
-    """main(argv) -> (exit status, stdout, stderr); argparse errors give their SystemExit code."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+@pytest.fixture(scope="session")
+def run_main(run_cli):
+    return lambda argv: run_cli(main, argv)
 
 
 def snapshot(folder: Path) -> dict:
@@ -51,7 +41,7 @@ def _restore_threads():
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, run_main):
     """A finished tiny run (sigma 0.01, SA, 3 steps): (out folder, exit status, stdout, stderr)."""
     out = tmp_path_factory.mktemp("finished")
     n = torch.get_num_threads()
@@ -124,7 +114,7 @@ def test_table_has_no_paper_figure_for_other_sigmas(finished):
     (["--variant", "sa-foo"], "argument --variant: invalid choice"),
     (["--steps", "3", "--epochs", "1"], "not allowed with argument"),
 ])
-def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, match):
+def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, match, run_main):
     out = tmp_path / "run"
     code, stdout, stderr = run_main([*args, "--out", out])
     assert code == 2
@@ -132,7 +122,7 @@ def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, match):
     assert not out.exists()
 
 
-def test_inconsistent_sizes_exit_2_and_write_nothing(tmp_path):
+def test_inconsistent_sizes_exit_2_and_write_nothing(tmp_path, run_main):
     out = tmp_path / "run"
     code, _, stderr = run_main([*TINY, "--n-train", "16", "--out", out])
     assert code == 2
@@ -155,6 +145,8 @@ def test_config_from_args_precedence():
     assert quick.budget.eval_every == BUDGETS["quick"].eval_every == 250
     epochs = config_from_args(parse(["--epochs", "2", "--n-train", "100", "--batch-size", "32", "--out", "o"]))
     assert epochs.budget.steps == 6
+    head = config_from_args(parse(["--head", "none", "--out", "o"]))
+    assert head.config.head == "none" and head.config.model("sa").head == "none"
     default = config_from_args(parse(["--sigma", "0.1"]))
     assert default.out == "runs/random_objects/sigma_0.1" and default.variants == experiment.VARIANTS
 
@@ -209,7 +201,7 @@ CANNOT_READ = "cannot be read (truncated or corrupt?)"
     ("corrupt_results", "results.json cannot be read"),
     ("foreign_results", "results.json belongs to another task or configuration"),
 ])
-def test_unusable_run_folder_with_resume_exits_2_and_overwrites_nothing(copy_of, breakage, match):
+def test_unusable_run_folder_with_resume_exits_2_and_overwrites_nothing(copy_of, breakage, match, run_main):
     extra = _break(copy_of, breakage)
     before = snapshot(copy_of)
     code, stdout, stderr = run_main([*TINY, *extra, "--out", copy_of, "--resume"])
@@ -218,7 +210,7 @@ def test_unusable_run_folder_with_resume_exits_2_and_overwrites_nothing(copy_of,
     assert snapshot(copy_of) == before
 
 
-def test_existing_run_without_resume_exits_2_and_overwrites_nothing(copy_of):
+def test_existing_run_without_resume_exits_2_and_overwrites_nothing(copy_of, run_main):
     before = snapshot(copy_of)
     code, _, stderr = run_main([*TINY, "--out", copy_of])
     assert code == 2
@@ -226,7 +218,7 @@ def test_existing_run_without_resume_exits_2_and_overwrites_nothing(copy_of):
     assert snapshot(copy_of) == before
 
 
-def test_resume_reuses_finished_run(copy_of):
+def test_resume_reuses_finished_run(copy_of, run_main):
     before = snapshot(copy_of)
     code, stdout, stderr = run_main([*TINY, "--out", copy_of, "--resume"])
     assert code == 0, stderr
@@ -237,18 +229,10 @@ def test_resume_reuses_finished_run(copy_of):
     assert after["table.md"][0].decode() == before["table.md"][0].decode()  # the same table, written again
 
 
-def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, monkeypatch):
+def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, run_main, ctrl_c_at_step_2,
+                                                         assert_same_checkpoint):
     out = tmp_path / "run"
-    calls = []
-    real_loss = experiment.TASK.loss
-
-    def loss(model, batch):
-        calls.append(1)
-        if len(calls) == 2:
-            signal.raise_signal(signal.SIGINT)
-        return real_loss(model, batch)
-
-    monkeypatch.setattr(experiment, "TASK", dataclasses.replace(experiment.TASK, loss=loss))
+    calls = ctrl_c_at_step_2(experiment)
     code, _, stderr = run_main([*TINY, "--out", out])
     assert code == 130
     assert "interrupted at step 2" in stderr and "rerun with --resume" in stderr
@@ -260,11 +244,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, monk
     code, _, stderr = run_main([*TINY, "--out", out, "--resume"])
     assert code == 0, stderr
     assert len(calls) == 3
-    mine = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    ref = load_checkpoint(finished[0] / "sa" / "seed0" / CHECKPOINT_NAME)
-    assert mine["step"] == ref["step"] == 3
-    for k, v in ref["model"].items():
-        assert torch.equal(mine["model"][k], v), k
+    assert_same_checkpoint(run_dir, finished[0] / "sa" / "seed0", 3)
     ours = json.loads((out / "table.json").read_text())["rows"][0]["ours"]
     assert ours == json.loads((finished[0] / "table.json").read_text())["rows"][0]["ours"]
 
@@ -287,7 +267,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert done.stdout.count("| SA |") == 1 and done.stdout.count("== SA, seed 0") == 1  # rank 0 prints
 
 
-def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
+def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path, run_main):
     """--jobs 2 trains the runs in two spawned processes: every run's evaluations and final parameters
     equal those of the same runs trained one after the other in this process."""
     argv = ["--steps", "4", "--n-train", "128", "--n-test", "64", "--batch-size", "32", "--variant", "sa",

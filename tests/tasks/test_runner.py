@@ -1,6 +1,8 @@
 """Tests of the shared experiment runner (``tasks.runner``) on a toy task: the summary and table of a task with
 several metrics and mean +- std over seeds, baseline rows, the after-train hook, budgets and their overrides,
 and run folders that cannot be used (refused in one line, exit status 2, nothing written)."""
+import contextlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +13,6 @@ from torch import nn
 
 from tasks import runner
 from tasks.pool import run_jobs
-
-from cli import run_cli
 
 
 @dataclass
@@ -79,7 +79,13 @@ TOY = runner.Task(
 
 
 def run_main(argv, task=TOY):
-    return run_cli(lambda args: runner.main(task, args), argv)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = runner.main(task, [str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(autouse=True)
@@ -132,8 +138,10 @@ def test_budget_overrides_and_explicit_options():
     parse = runner.build_parser(TOY).parse_args
     paper = runner.experiment_from_args(TOY, parse(["--budget", "paper"]))
     assert paper.budget.steps == 10 and paper.config.n_train == 128 and paper.out == "runs/toy/paper"
-    mine = runner.experiment_from_args(TOY, parse(["--budget", "paper", "--steps", "4", "--lr", "0.1"]))
+    mine = runner.experiment_from_args(TOY, parse(["--budget", "paper", "--steps", "4", "--lr", "0.1",
+                                                   "--grad-clip", "0"]))
     assert mine.budget.steps == 4 and mine.budget.lr == 0.1 and mine.budget.batch_size == 16
+    assert mine.budget.grad_clip == 0 and paper.budget.grad_clip == 1.0
     train_cfg = mine.train_config(TOY, "sa", 1)
     assert train_cfg.warmup_steps == 0 and train_cfg.decay_steps == 1 and train_cfg.seed == 1
     assert train_cfg.out_dir == str(Path("runs/toy/paper/sa/seed1"))
@@ -149,6 +157,18 @@ def test_unusable_out_folder_is_refused_before_any_work(tmp_path, where):
     assert stderr.count("\n") == 1 and stderr.startswith(f"error: run folder {out} ")
     assert ("is a file" if where == "file" else f"is under {blocker}, which is a file") in stderr
     assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--grad-clip", "-1"], "argument --grad-clip: must be a finite number >= 0, got -1"),
+    (["--grad-clip", "x"], "argument --grad-clip: 'x' is not a number"),
+    (["--budget", "gpu"], "argument --budget: invalid choice"),
+    (["--variant", "sa-foo"], "argument --variant: invalid choice"),
+])
+def test_bad_arguments_exit_2(tmp_path, args, match):
+    code, _, stderr = run_main([*args, "--out", tmp_path / "x"])
+    assert code == 2 and match in stderr and "usage:" in stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_task_validation_runs_before_any_work(tmp_path):
@@ -170,7 +190,7 @@ def test_run_jobs_keeps_job_order_and_reports_each_job():
         run_jobs(_square_plus, [], 0)
 
 
-def _refuse_data(cfg):
+def _refuse_data(cfg, progress):
     raise ValueError(f"data file /no/such/train.bin does not exist (noise {cfg.noise})")
 
 
@@ -184,7 +204,8 @@ def test_prepare_runs_once_before_any_run_folder_is_written(tmp_path):
     assert not (tmp_path / "x").exists()
 
     calls = []  # (n_train, whether the run folder existed when prepare ran)
-    good = dataclasses.replace(TOY, prepare=lambda cfg: calls.append((cfg.n_train, (tmp_path / "y").exists())))
+    good = dataclasses.replace(TOY, prepare=lambda cfg, progress: calls.append((cfg.n_train,
+                                                                                (tmp_path / "y").exists())))
     code, _, stderr = run_main(["--jobs", "1", "--threads", "1", "--no-progress", "--out", tmp_path / "y"],
                                task=good)
     assert code == 0, stderr
@@ -197,7 +218,7 @@ def test_a_metric_without_figures_of_the_paper_has_no_paper_column():
 
     row = {"variant": "sa", "name": "Plain", "step_ms": 2.0, "time_vs": 1.0,
            "metrics": {"score": cell(50.0, (90.0, 1.5)), "mse": cell(0.25, None)}}
-    summary = {"describe": "Toy.", "rows": [row], "baselines": {}}
+    summary = {"describe": "Toy.", "paper_label": "Table 0", "rows": [row], "baselines": {}}
     lines = runner.format_table(TOY, summary).splitlines()
     header = next(line for line in lines if line.startswith("| model"))
     assert [c.strip() for c in header.strip("| ").split("|")] == [

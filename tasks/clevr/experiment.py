@@ -1,0 +1,290 @@
+"""Tables 2 and 6 of the paper: CLEVR object property prediction with SA, SA-SH, SA-EMD and SA-MESH (Sec. 5.2,
+App. F.2, App. G), as a spec of the shared runner (``tasks.runner``).
+
+Data: generated CLEVR scenes (``tasks.clevr.data``, the default) or CLEVR v1.0 (``data_dir``: its train split
+for training and its val split for evaluation, since the test split has no scenes). The whole 480 x 320
+frame is resized bilinearly to 128 x 128 (``image_size`` resizes that again), scaled to [-1, 1]. Each object
+is 19 numbers (``data.set_prediction_targets``): coordinates (x + 3) / 6, one-hot size, material, shape and
+colour, and 1 for a real object; scenes are padded to 10 objects with zero rows. The training and evaluation
+sets are the same for every seed; the seed fixes the initial parameters and the data order.
+
+Loss: the Huber loss of the Hungarian-matched (prediction, target) pairs, every slot matched to a real or a
+padding object (``slots.hungarian_huber_loss``; Locatello et al. sum over the 10 pairs, we average). Metric:
+``slots.clevr_average_precision`` (DSPN's definition) at distance thresholds inf, 1, 0.5, 0.25, 0.125 and
+0.0625 in CLEVR units (coordinate differences scaled back by 6), ranked by the "real object" output, in %.
+
+Budgets: "paper" is the set-prediction schedule of Locatello et al. (batch 512, 150k steps, Adam 4e-4, 1k
+warm-up steps, rate x 0.5^(step / 50k)) at 128 x 128 on 70,000 training and 15,000 evaluation images: for a
+GPU. "cpu" (the default) is a reduced run sized for a 2-core CPU machine (see ``BUDGETS``).
+
+Known limits: generated scenes are an approximation of CLEVR's renders (``tasks.clevr.data``); at the "cpu"
+budget the models are far from converged, so the figures are not comparable with the paper's in size.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+from slots import CLEVR_AP_THRESHOLDS, OTConfig, clevr_average_precision, hungarian_huber_loss
+
+from ..pool import cores
+from ..runner import BACKENDS, Budget, Metric, Task, require_one_batch
+from ..scenes.records import DataFormatError
+from .data import SET_PREDICTION_LAYOUT, SET_PREDICTION_SLICES, load_clevr, resize_images, set_prediction_targets
+from .model import CONV_DTYPES, ClevrModelConfig, ClevrSetModel, default_conv_dtype
+
+__all__ = ["ClevrConfig", "ClevrSet", "TASK", "BUDGETS", "VARIANTS", "PAPER_TABLE2", "PAPER_TABLE6",
+           "PAPER_OTHERS", "load_split", "average_precisions"]
+
+VARIANT_NAMES = {"sa": "SA", "sa-sh": "SA-SH", "sa-emd": "SA-EMD", "sa-mesh": "SA-MESH"}
+VARIANTS = tuple(VARIANT_NAMES)
+METRICS = tuple(Metric(f"ap_{t:g}", f"AP{'∞' if math.isinf(t) else f'{t:g}'}", fmt=".1f", paper_fmt=".1f")
+                for t in CLEVR_AP_THRESHOLDS)
+_KEYS = [m.key for m in METRICS]
+
+
+def _row(*cells) -> dict:
+    return {k: c for k, c in zip(_KEYS, cells) if c is not None}
+
+
+# The paper's figures, not ours: AP in %, (mean, standard deviation) over 5 seeds, and training hours.
+PAPER_TABLE2 = {  # with implicit differentiation (the dagger rows)
+    "sa": _row((94.3, 0.4), (85.7, 1.6), (77.2, 1.5), (53.1, 2.7), (16.7, 1.8), (4.0, 0.7)),
+    "sa-sh": _row((98.9, 0.2), (97.7, 0.5), (95.2, 0.9), (83.3, 0.8), (38.5, 2.0), (10.0, 1.4)),
+    "sa-emd": _row((99.3, 0.3), (98.1, 0.4), (95.9, 0.8), (85.8, 1.1), (42.0, 2.0), (11.4, 1.3)),
+    "sa-mesh": _row((99.4, 0.1), (99.2, 0.2), (98.9, 0.2), (91.1, 1.1), (47.6, 0.8), (12.5, 0.4)),
+}
+PAPER_TABLE6 = {  # without implicit differentiation (App. G)
+    "sa": _row((89.1, 1.2), (85.7, 1.0), (73.3, 1.2), (35.4, 1.5), (9.0, 0.8), (2.0, 0.3)),
+    "sa-sh": _row((95.6, 1.0), (94.0, 1.1), (84.5, 1.7), (41.3, 3.0), (10.4, 0.7), (2.5, 0.4)),
+    "sa-emd": _row((99.2, 0.2), (98.7, 0.4), (97.0, 0.8), (82.4, 1.2), (34.0, 2.2), (8.3, 0.9)),
+    "sa-mesh": _row((99.2, 0.3), (99.1, 0.3), (98.8, 0.5), (88.3, 0.8), (40.8, 1.0), (10.6, 0.3)),
+}
+PAPER_OTHERS = {  # the rows both tables copy from other papers
+    "iDSPN (Zhang et al., 2022)": _row((98.8, 0.5), (98.5, 0.6), (98.2, 0.6), (95.8, 0.7), (76.9, 2.5), (32.3, 3.9)),
+    "SA original (Locatello et al., 2020)": _row((94.3, 1.1), (86.7, 1.4), (56.0, 3.6), (10.8, 1.7), (0.9, 0.2), None),
+}
+PAPER_HOURS = {True: {"sa": 2.2, "sa-sh": 2.3, "sa-emd": 9.3, "sa-mesh": 2.4},
+               False: {"sa": 2.4, "sa-sh": 2.5, "sa-emd": 9.7, "sa-mesh": 2.5}}
+
+GENERATOR_SEED = 0
+BUDGETS = {
+    "cpu": Budget(steps=3_000, batch_size=64, lr=4e-4, warmup_steps=200, decay_steps=1_000, eval_every=500,
+                  ckpt_every=250, overrides={"image_size": 64, "n_train": 10_000, "n_test": 1_000},
+                  note="64 x 64 images, 10,000 training and 1,000 evaluation scenes: all four variants in "
+                       "under 2 hours on a 2-core CPU"),
+    "paper": Budget(steps=150_000, batch_size=512, lr=4e-4, warmup_steps=1_000, decay_steps=50_000,
+                    eval_every=5_000, ckpt_every=1_000,
+                    note="Locatello et al.'s set-prediction schedule at 128 x 128, for a GPU"),
+}
+
+
+@dataclass
+class ClevrConfig:
+    """Data and model options of the CLEVR experiment.
+
+    Attributes:
+        data_dir: folder holding CLEVR v1.0 (or that folder itself); None: generated scenes.
+        n_train, n_test: training images (the first of the train split) and evaluation images (the first of
+            the val split); real data must have at least that many.
+        image_size: side of the square input images (128: the paper's), a multiple of 4.
+        implicit_grad: implicit differentiation of the slots (Table 2); False: Table 6.
+        conv_dtype: "bfloat16" (autocast) or "float32" for the convolutions; "auto" picks bfloat16 where the
+            hardware has it (``model.default_conv_dtype``) and is replaced by the choice.
+        eval_batch: images per forward pass during evaluation.
+        mesh_lr, mesh_iters: MESH's step size and steps (``slots.OTConfig``).
+        backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch.
+    """
+
+    data_dir: str | None = None
+    n_train: int = 70_000
+    n_test: int = 15_000
+    image_size: int = 128
+    implicit_grad: bool = True
+    conv_dtype: str = "auto"
+    eval_batch: int = 250
+    mesh_lr: float = 8.0
+    mesh_iters: int = 4
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.data_dir is not None:
+            self.data_dir = str(self.data_dir)
+        for name in ("n_train", "n_test", "eval_batch", "mesh_iters"):
+            value, minimum = getattr(self, name), 0 if name == "mesh_iters" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if not isinstance(self.implicit_grad, bool):
+            raise ValueError(f"implicit_grad must be a bool, got {self.implicit_grad!r}")
+        if self.conv_dtype == "auto":
+            self.conv_dtype = default_conv_dtype()
+        if self.conv_dtype not in CONV_DTYPES:
+            raise ValueError(f"conv_dtype must be 'auto' or one of {sorted(CONV_DTYPES)}, got {self.conv_dtype!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        self.model("sa-mesh")  # validates the model options
+
+    def model(self, variant: str) -> ClevrModelConfig:
+        """The model configuration of one variant."""
+        backend = None if self.backend == "auto" else self.backend
+        return ClevrModelConfig.of(variant, self.implicit_grad,
+                                   OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters, backend=backend),
+                                   image_size=self.image_size, conv_dtype=self.conv_dtype)
+
+
+class ClevrSet:
+    """A CLEVR split ready for training, in memory.
+
+    Holds images uint8 (N, S, S, 3) (channels last) and targets float32 (N, 10, 19). ``ds[idx]`` with idx a
+    (b,) int64 tensor returns {"image": float32 (b, 3, S, S) in [-1, 1] in channels-last memory, "target":
+    (b, 10, 19)}: one gather and one conversion, no other copy.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3 or len(targets) != len(images):
+            raise ValueError(f"need uint8 images (N, 3, S, S) and targets (N, K, D), got {tuple(images.shape)} "
+                             f"{images.dtype} and {tuple(targets.shape)}")
+        self.images = images.permute(0, 2, 3, 1).contiguous()  # (N, S, S, 3)
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: torch.Tensor) -> dict:
+        image = self.images[idx].permute(0, 3, 1, 2).float()  # (b, 3, S, S), channels-last strides kept
+        return {"image": image.mul_(2 / 255).sub_(1), "target": self.targets[idx]}
+
+
+_LOADED: dict[str, tuple[tuple, ClevrSet]] = {}  # split -> (what was loaded, the set)
+
+
+def load_split(cfg: ClevrConfig, split: str, progress: bool = False) -> ClevrSet:
+    """The training ("train", ``cfg.n_train`` images) or evaluation ("val", ``cfg.n_test``) set of ``cfg``.
+
+    Generated scenes are built once and cached on disk (``tasks.clevr.data.load_clevr``); real ones are
+    read, checked and cached on first use. The last set of each split stays in memory for this process.
+
+    Raises:
+        MissingDataError / DataFormatError naming the file: a missing folder, scenes file or image, an
+        unknown attribute value, an image of the wrong size, or fewer scenes than asked for.
+    """
+    n = cfg.n_train if split == "train" else cfg.n_test
+    key = (cfg.data_dir, split, n, cfg.image_size)
+    if _LOADED.get(split, (None,))[0] != key:
+        workers = min(cores(), max(1, n // 256))
+        data = load_clevr(split, num_images=n, seed=GENERATOR_SEED, data_dir=cfg.data_dir, workers=workers,
+                          progress=progress)
+        if len(data) < n:
+            option = "--n-train" if split == "train" else "--n-test"
+            raise DataFormatError(f"CLEVR {split} scenes file under {data.meta.get('root')} has {len(data)} scenes, "
+                                  f"fewer than the {n} asked for ({option})")
+        dataset = ClevrSet(resize_images(data.images, cfg.image_size),
+                           set_prediction_targets(data.targets, data.presence))
+        _LOADED[split] = (key, dataset)
+    return _LOADED[split][1]
+
+
+_PARTS = SET_PREDICTION_SLICES
+_ATTRIBUTES = [name for name in SET_PREDICTION_LAYOUT if name not in ("coords", "real")]
+
+
+def average_precisions(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """AP in % at every threshold of ``slots.CLEVR_AP_THRESHOLDS`` (keys "ap_inf", "ap_1", ... "ap_0.0625").
+
+    Args:
+        pred: (N, m, 19) predictions. target: (N, K, 19) targets (``SET_PREDICTION_LAYOUT``; real objects
+            have a last entry of 1). Attributes are the argmax of each one-hot part; the confidence is the
+            last entry; coordinate differences are scaled by 6 (back to CLEVR units).
+    """
+    def attrs(x):
+        return torch.stack([x[..., _PARTS[name]].argmax(-1) for name in _ATTRIBUTES], -1)  # (N, ., 4)
+
+    ap = clevr_average_precision(pred[..., _PARTS["coords"]], attrs(pred), pred[..., _PARTS["real"]].squeeze(-1),
+                                 target[..., _PARTS["coords"]], attrs(target), target[..., _PARTS["real"]].squeeze(-1) > 0.5,
+                                 coord_scale=6.0)
+    return {f"ap_{t:g}": 100 * ap[t] for t in CLEVR_AP_THRESHOLDS}
+
+
+def _load_train(cfg: ClevrConfig, seed: int) -> ClevrSet:
+    return load_split(cfg, "train")
+
+
+def _load_test(cfg: ClevrConfig) -> ClevrSet:
+    return load_split(cfg, "val")
+
+
+def _prepare(cfg: ClevrConfig, progress: bool) -> None:
+    for split in ("val", "train"):
+        load_split(cfg, split, progress)
+
+
+def _build(cfg: ClevrConfig, variant: str) -> ClevrSetModel:
+    return ClevrSetModel(cfg.model(variant))
+
+
+def _loss(model, batch) -> torch.Tensor:
+    return hungarian_huber_loss(model(batch["image"]), batch["target"])
+
+
+def _evaluate(model, test: ClevrSet, cfg: ClevrConfig) -> dict:
+    device = next(model.parameters()).device
+    preds = []
+    for start in range(0, len(test), cfg.eval_batch):
+        batch = test[torch.arange(start, min(start + cfg.eval_batch, len(test)))]
+        preds.append(model(batch["image"].to(device)).cpu())
+    return average_precisions(torch.cat(preds), test.targets)
+
+
+def _model_config(cfg: ClevrConfig, variant: str) -> dict:
+    return cfg.model(variant).to_dict()
+
+
+def _paper(cfg: ClevrConfig) -> dict:
+    return {**(PAPER_TABLE2 if cfg.implicit_grad else PAPER_TABLE6), **PAPER_OTHERS}
+
+
+def _paper_label(cfg: ClevrConfig) -> str:
+    if cfg.implicit_grad:
+        return "Table 2 (with implicit differentiation, the dagger rows), AP in %, mean ± std of 5 seeds"
+    return "Table 6 (without implicit differentiation), AP in %, mean ± std of 5 seeds"
+
+
+def _describe(cfg: ClevrConfig, budget: Budget, seeds: int) -> str:
+    source = f"CLEVR v1.0 from {cfg.data_dir}" if cfg.data_dir else "generated CLEVR scenes"
+    implicit = "on (Table 2)" if cfg.implicit_grad else "off (Table 6)"
+    return (f"CLEVR property prediction: AP in % (higher is better) on {cfg.n_test:,} evaluation images; {source}, "
+            f"{cfg.n_train:,} training images at {cfg.image_size} x {cfg.image_size}; {budget.steps:,} steps of "
+            f"batch {budget.batch_size}, learning rate {budget.lr:g}; implicit differentiation {implicit}; "
+            f"convolutions in {cfg.conv_dtype}; mean ± std over {seeds} seed(s).")
+
+
+def _add_arguments(p, steps_group) -> None:
+    from ..runner import int_at_least
+
+    p.add_argument("--data-dir", help="folder holding CLEVR v1.0 (train split for training, val for evaluation); "
+                                      "default: generated scenes")
+    p.add_argument("--n-train", type=int_at_least(1), help="training images (default: the budget's)")
+    p.add_argument("--n-test", type=int_at_least(1), help="evaluation images (default: the budget's)")
+    p.add_argument("--image-size", type=int_at_least(8), help="input image side, a multiple of 4 (default: the "
+                                                              "budget's; the paper's is 128)")
+    p.add_argument("--no-implicit-grad", action="store_true",
+                   help="train without implicit differentiation of the slots (the paper's Table 6)")
+    p.add_argument("--conv-dtype", choices=["auto", *CONV_DTYPES], default="auto",
+                   help="precision of the convolutions: auto = bfloat16 where the hardware has it")
+
+
+def _options_from_args(args) -> dict:
+    options = {"data_dir": args.data_dir, "implicit_grad": not args.no_implicit_grad, "conv_dtype": args.conv_dtype}
+    for name in ("n_train", "n_test", "image_size"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    return options
+
+
+TASK = Task(
+    name="clevr", config=ClevrConfig, variants=VARIANT_NAMES, default_variants=VARIANTS,
+    load_train=_load_train, load_test=_load_test, build=_build, loss=_loss, evaluate=_evaluate, metrics=METRICS,
+    paper=_paper, paper_label=_paper_label, budgets=BUDGETS, default_budget="cpu", describe=_describe,
+    aggregate="mean", model_config=_model_config, validate=require_one_batch, add_arguments=_add_arguments,
+    options_from_args=_options_from_args, plot_file="ap_vs_steps.png", headline_key="ap_1", prepare=_prepare,
+    paper_time=lambda cfg: PAPER_HOURS[cfg.implicit_grad])

@@ -1,0 +1,61 @@
+"""Fixtures shared by the tests of the experiments' command lines (``python -m tasks.<name>``)."""
+import contextlib
+import dataclasses
+import io
+import signal
+
+import pytest
+
+
+def _run_cli(main, argv):
+    """main(argv) -> (exit status, stdout, stderr); argparse errors give their SystemExit code."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(main, argv) -> (exit status, stdout, stderr)`` of a task's ``__main__.main``."""
+    return _run_cli
+
+
+@pytest.fixture
+def ctrl_c_at_step_2(monkeypatch):
+    """``ctrl_c_at_step_2(experiment_module) -> calls``: the module's ``TASK.loss`` sends this process SIGINT
+    on its second call (as Ctrl-C during step 2 would); ``calls`` counts the loss calls."""
+    def patch(module):
+        calls = []
+        real_loss = module.TASK.loss
+
+        def loss(model, batch):
+            calls.append(1)
+            if len(calls) == 2:
+                signal.raise_signal(signal.SIGINT)
+            return real_loss(model, batch)
+
+        monkeypatch.setattr(module, "TASK", dataclasses.replace(module.TASK, loss=loss))
+        return calls
+    return patch
+
+
+def _assert_same_checkpoint(run_dir, ref_dir, step: int) -> None:
+    from slots.train import CHECKPOINT_NAME, load_checkpoint
+    import torch
+
+    mine, ref = load_checkpoint(run_dir / CHECKPOINT_NAME), load_checkpoint(ref_dir / CHECKPOINT_NAME)
+    assert mine["step"] == ref["step"] == step
+    assert mine["model"].keys() == ref["model"].keys()
+    for k, v in ref["model"].items():
+        assert torch.equal(mine["model"][k], v), k
+
+
+@pytest.fixture(scope="session")
+def assert_same_checkpoint():
+    """``assert_same_checkpoint(run_dir, ref_dir, step)``: both run folders' checkpoints are at ``step`` and hold
+    bit-identical parameters."""
+    return _assert_same_checkpoint
