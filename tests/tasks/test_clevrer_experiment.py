@@ -14,6 +14,7 @@ pytest.importorskip("slots.vision", reason="the image autoencoder (slots.vision,
 
 from slots import to_model_range  # noqa: E402
 from tasks.clevrer import experiment as ex  # noqa: E402
+from tasks.clevrer import show  # noqa: E402
 from tasks.clevrer.__main__ import main  # noqa: E402
 from tasks.clevrer.model import TRANSITIONS, VideoModelConfig, VideoSlotAutoencoder, video_loss  # noqa: E402
 from tasks.scenes import SceneData  # noqa: E402
@@ -178,7 +179,7 @@ def _isolated(tmp_path, monkeypatch):
 TINY = ["--steps", "2", "--batch-size", "2", "--eval-every", "1", "--jobs", "1", "--threads", "1", "--no-progress"]
 
 
-def test_command_line_end_to_end_at_a_tiny_budget(tmp_path, run_main):
+def test_command_line_end_to_end_at_a_tiny_budget(tmp_path, run_main, run_cli):
     out = tmp_path / "run"
     code, stdout, stderr = run_main(["--data", "L", "--n-train", "4", "--n-test", "3", "--variant", "sa",
                                  "--variant", "sa-mesh", *TINY, "--out", out])
@@ -196,6 +197,15 @@ def test_command_line_end_to_end_at_a_tiny_budget(tmp_path, run_main):
     assert table.startswith("Video object discovery on CLEVRER-L (generated pairs, frames 1 and 128)")
     assert "2 steps of batch 2 on 4 training pairs" in table and "on 3 test pairs" in table
     assert "| SA-MESH |" in table and "paper test MSE" not in table and "92.9 ± 2.2" in table
+    # the pictures are drawn again, identically, from the run's checkpoint
+    run = out / "sa-mesh" / "seed0"
+    first = (run / "pictures.png").read_bytes()
+    (run / "pictures.png").unlink()
+    code, stdout, stderr = run_cli(show.main, ["--run", run])
+    assert code == 0, stderr
+    assert stdout.startswith("wrote ") and (run / "pictures.png").read_bytes() == first
+    code, _, stderr = run_cli(show.main, ["--run", tmp_path / "nothing"])
+    assert code == 2 and "ckpt.pt does not exist" in stderr
 
 
 def _real_tree(root, breakage=None):
