@@ -116,7 +116,9 @@ class ClevrerConfig:
             ``slots.OTConfig`` (the official video configuration's values).
         low_mesh_lr: MESH step size of the "sa-mesh-low-lr" row.
         noise_sigma, noise_prior_var: the noise transitions (``tasks.clevrer.model``): a standard deviation of
-            0.1 for fixed noise, and a prior of variance 0.01 (std 0.1) for learned noise.
+            0.1 for fixed noise, and a prior of variance 0.01 (std 0.1) for learned noise. The paper gives
+            neither; the official transition's default prior (variance 0.1, with samples of std e^l) puts its
+            noise at std 0.1 where its KL term is smallest, and both baselines get that scale here.
         bf16, channels_last: speed options of ``slots.SlotAutoencoderConfig`` (slot attention stays float32).
         eval_batch: pairs per forward pass in evaluation. n_pictures: test pairs drawn after training.
         backend: OT backend ("auto": the default dispatch).
