@@ -24,10 +24,14 @@ computes with ``torch.cdist``, although Sec. 3 writes "e.g. L2 norm^2"); "l2sq" 
 exact Sinkhorn, its |k|^2 and |q|^2 terms are absorbed by the potentials, leaving -2 k.q: Sander et al.,
 2022); "cosine" is 1 - cos(k, q); "dot" is -k.q / sqrt(dim).
 
+Cost scale (``OTConfig.cost_scale``, the official code's ``scale_cost``): every variant's cost is
+multiplied by it before the plan is computed (for "sa" the logits are -cost_scale * C / tau).
+
 Marginals (App. A; OT variants only). The paper writes the cost as (m x n) with a on the slots; here rows
-are inputs, so a (B, n) is on the inputs and b (B, m) on the slots: a = m * softmax_i(h_a(LN(x_i))),
-b = m * softmax_j(h_b(LN(z_j))) with h_a, h_b two-layer MLPs to a scalar, so a.sum() == b.sum() == m.
-With ``learned_marginals=False`` they are uniform: a_i = m / n, b_j = 1.
+are inputs, so a (B, n) is on the inputs and b (B, m) on the slots: a = s * softmax_i(h_a(LN(x_i))),
+b = s * softmax_j(h_b(LN(z_j))) with h_a, h_b two-layer MLPs to a scalar, so a.sum() == b.sum() == s, the
+marginal mass: ``OTConfig.marginal_scale`` (the official ``scale_marginals``), m = n_slots by default.
+With ``learned_marginals=False`` they are uniform: a_i = s / n, b_j = s / m.
 
 Normalizing OT plans over the inputs (``OTConfig.normalize_plan``, default True). The plan's column j sums
 to b_j (2 b_j for "sa-emd"); by default every column is divided by its sum (after adding eps, as SA does)
@@ -79,6 +83,8 @@ class OTConfig:
 
     Attributes:
         n_sh_iters: Sinkhorn iterations (row then column rescaling) per plan.
+        cost_scale: factor on the cost of every variant, "sa" included (the official ``scale_cost``).
+        marginal_scale: total mass of each marginal (the official ``scale_marginals``); None is n_slots.
         tau: entropic temperature of Sinkhorn, exp(-C / tau). "sa" also divides its logits by tau.
         mesh_iters: MESH gradient steps on the cost (T in Eq. 11); 0 leaves only the noise.
         mesh_lr: MESH step size (lambda in Eq. 11) on the per-element normalized gradient.
@@ -107,6 +113,8 @@ class OTConfig:
     """
 
     n_sh_iters: int = 5
+    cost_scale: float = 1.0
+    marginal_scale: float | None = None
     tau: float = 1.0
     mesh_iters: int = 4
     mesh_lr: float = 8.0
@@ -125,6 +133,9 @@ class OTConfig:
         _check_positive_int("OTConfig.n_sh_iters", self.n_sh_iters)
         _check_positive_int("OTConfig.mesh_iters", self.mesh_iters, minimum=0)
         _check_positive_float("OTConfig.tau", self.tau)
+        _check_positive_float("OTConfig.cost_scale", self.cost_scale)
+        if self.marginal_scale is not None:
+            _check_positive_float("OTConfig.marginal_scale", self.marginal_scale)
         _check_positive_float("OTConfig.mesh_lr", self.mesh_lr, allow_zero=True)
         _check_positive_float("OTConfig.noise_scale", self.noise_scale, allow_zero=True)
         _check_positive_float("OTConfig.similarity_alpha", self.similarity_alpha, allow_zero=True)
@@ -381,20 +392,26 @@ class SlotAttention(nn.Module):
             self.slots_init = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, config.n_slots, d)))
 
     # -----------------------------------------------------------------------------------------------
+    def _marginal_mass(self) -> float:
+        """The total mass s of each marginal: OTConfig.marginal_scale, or n_slots."""
+        scale = self.config.ot.marginal_scale
+        return float(self.config.n_slots) if scale is None else float(scale)
+
     def _input_marginal(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
-        """a (B, n), summing to n_slots, from the marginal network's hidden layer before its ReLU
+        """a (B, n), summing to the marginal mass, from the marginal network's hidden layer before its ReLU
         (B, n, mlp_hidden), or uniform when ``hidden`` is None. x (B, n, .) gives shape, dtype and device."""
-        m = self.config.n_slots
+        mass = self._marginal_mass()
         if hidden is None:
-            return x.new_full(x.shape[:2], m / x.shape[1])
+            return x.new_full(x.shape[:2], mass / x.shape[1])
         rest = self.input_marginal[1:]  # ReLU, Linear(hidden, 1)
-        return m * torch.softmax(rest(hidden).squeeze(2), dim=1)
+        return mass * torch.softmax(rest(hidden).squeeze(2), dim=1)
 
     def _slot_marginal(self, zn: torch.Tensor) -> torch.Tensor:
-        """zn (B, m, dim) normalized slots -> b (B, m), summing to n_slots."""
+        """zn (B, m, dim) normalized slots -> b (B, m), summing to the marginal mass."""
+        mass = self._marginal_mass()
         if self.config.ot.learned_marginals:
-            return self.config.n_slots * torch.softmax(self.slot_marginal(zn).squeeze(2), dim=1)
-        return zn.new_ones(zn.shape[:2])
+            return mass * torch.softmax(self.slot_marginal(zn).squeeze(2), dim=1)
+        return zn.new_full(zn.shape[:2], mass / zn.shape[1])
 
     def marginals(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The OT marginals (App. A) for inputs and slots.
@@ -403,7 +420,8 @@ class SlotAttention(nn.Module):
             x: (B, n, input_dim) inputs. slots: (B, n_slots, dim) slots.
 
         Returns:
-            a (B, n) on the inputs and b (B, n_slots) on the slots, each summing to n_slots.
+            a (B, n) on the inputs and b (B, n_slots) on the slots, each summing to the marginal mass
+            (``OTConfig.marginal_scale``, n_slots by default).
 
         Raises:
             ValueError for the "sa" variant (it has no marginals) or bad shapes.
@@ -470,6 +488,8 @@ class SlotAttention(nn.Module):
         zn = self.norm_slots(slots)
         q = self.to_q(zn)  # (B, m, dim)
         C = self._cost(k, q)  # (B, n, m): rows are inputs, columns are slots
+        if cfg.ot.cost_scale != 1:
+            C = C * cfg.ot.cost_scale
         b = self._slot_marginal(zn) if self._variant.is_ot else None  # (B, m)
         if self.mesh_variant is not None:  # App. B / App. I / learned step size
             plan = self.mesh_variant(C, a, b, noise, zn)  # (B, n, m)
