@@ -1,5 +1,7 @@
 #include "sinkhorn.hpp"
 
+#include "status.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -22,6 +24,8 @@
 namespace ot {
 namespace {
 
+using emd::Status;
+
 template <typename T>
 struct Num {
   static constexpr T tiny = std::numeric_limits<T>::min();
@@ -33,14 +37,14 @@ struct Num {
 // Buffers of one thread, sized once per call. Matrices are (m, n): row j is slot j.
 template <typename T>
 struct Work {
-  std::vector<T> Kt, logKt, G, Ct;  // (m, n)
+  std::vector<T> Kt, logKt, G, Cp;  // (m, n); Cp is MESH's C'
   std::vector<T> q, x, xa, tx;      // (L, n): q_k, x_k, x_k / a, second halves of the rank-one terms
   std::vector<T> s, yb, ty;         // (L, m): s_k, y_k / b, first halves of the rank-one terms
   std::vector<T> y;                 // (L + 1, m): y_0..y_L
   std::vector<T> r, a, gu, Ky, row, lx, ga;  // (n)
   std::vector<T> b, gv, v0, v0f, ly, gb;     // (m)
   Work(const Dims& d, int L)
-      : Kt(d.n * d.m), logKt(d.n * d.m), G(d.n * d.m), Ct(d.n * d.m),
+      : Kt(d.n * d.m), logKt(d.n * d.m), G(d.n * d.m), Cp(d.n * d.m),
         q(L * d.n), x(L * d.n), xa(L * d.n), tx(L * d.n),
         s(L * d.m), yb(L * d.m), ty(L * d.m), y((L + 1) * d.m),
         r(d.n), a(d.n), gu(d.n), Ky(d.n), row(d.n), lx(d.n), ga(d.n),
@@ -121,14 +125,13 @@ OT_INLINE bool magnitude_ok(T big) {
   return big * Num<T>::eps <= static_cast<T>(1.0 / 8192);
 }
 
-// The value checks of kernels/_checks.check_ot_inputs and kernels/ot.py for one element, so that the
-// public functions need no pass of their own over the inputs: C finite with |C| / tau <= max / 64; log
-// marginals neither NaN nor +inf, each marginal with a positive finite sum, the sums within mass_rtol;
-// v0 (if given) neither NaN nor +inf and not -inf everywhere; noise (if given) finite. Python redoes
-// the checks of a failing call to name the problem.
+// The value checks of kernels/_checks.py for one element, in the order of its messages, so that the public
+// functions need no pass of their own over the inputs: C finite; log marginals neither NaN nor +inf, each
+// marginal with a positive finite sum, the sums within mass_rtol; v0 (if given) neither NaN nor +inf and not
+// -inf everywhere; noise (if given) finite; |C| / tau <= max / 64.
 template <typename T>
-OT_INLINE bool inputs_valid(const T* C, const T* noise, int64_t nm, const T* la, int64_t n, const T* lb, int64_t m,
-                            const T* v0, T tau, double mass_rtol) {
+OT_INLINE Status input_status(const T* C, const T* noise, int64_t nm, const T* la, int64_t n, const T* lb, int64_t m,
+                              const T* v0, T tau, double mass_rtol) {
   const T big = std::numeric_limits<T>::max();
   T cmax = 0;
   int bad = 0;
@@ -138,11 +141,7 @@ OT_INLINE bool inputs_valid(const T* C, const T* noise, int64_t nm, const T* la,
     bad |= !(c <= big);
     cmax = c > cmax ? c : cmax;
   }
-  if (noise != nullptr) {
-#pragma omp simd reduction(| : bad)
-    for (int64_t i = 0; i < nm; ++i) bad |= !(std::abs(noise[i]) <= big);
-  }
-  if (bad || cmax / tau > big / 64) return false;
+  if (bad) return Status::kInvalidCost;
   double sa = 0, sb = 0;
   for (int64_t i = 0; i < n; ++i) {
     bad |= !(la[i] < Num<T>::inf);
@@ -152,17 +151,23 @@ OT_INLINE bool inputs_valid(const T* C, const T* noise, int64_t nm, const T* la,
     bad |= !(lb[j] < Num<T>::inf);
     sb += std::exp(static_cast<double>(lb[j]));
   }
-  if (bad || !(sa > 0) || !(sb > 0) || !std::isfinite(sa) || !std::isfinite(sb)) return false;
-  if (std::abs(sa - sb) > mass_rtol * std::max(sa, sb)) return false;
+  if (bad || !(sa > 0) || !(sb > 0) || !std::isfinite(sa) || !std::isfinite(sb)) return Status::kInvalidMarginal;
+  if (std::abs(sa - sb) > mass_rtol * std::max(sa, sb)) return Status::kMassMismatch;
   if (v0 != nullptr) {
     bool any_finite = false;
     for (int64_t j = 0; j < m; ++j) {
-      if (!(v0[j] < Num<T>::inf)) return false;
+      if (!(v0[j] < Num<T>::inf)) return Status::kInvalidWarmStart;
       any_finite |= v0[j] > -Num<T>::inf;
     }
-    if (!any_finite) return false;
+    if (!any_finite) return Status::kInvalidWarmStart;
   }
-  return true;
+  if (noise != nullptr) {
+#pragma omp simd reduction(| : bad)
+    for (int64_t i = 0; i < nm; ++i) bad |= !(std::abs(noise[i]) <= big);
+    if (bad) return Status::kInvalidNoise;
+  }
+  if (cmax / tau > big / 64) return Status::kCostOverflow;
+  return Status::kOptimal;
 }
 
 // exp for the entries of K and P (arguments <= ~0). float: a polynomial that the compiler vectorizes
@@ -364,15 +369,15 @@ OT_INLINE void load_element(Work<T>& w, const T* C, const T* la, const T* lb, in
 
 template <typename T>
 OT_CLONES void sinkhorn_forward_element(const T* C, const T* log_a, const T* log_b, const T* v0, Dims d, T tau, int L,
-                                        double mass_rtol, T* us, T* vs, T* P, uint8_t* ok, uint8_t* valid,
-                                        int64_t e, Work<T>& w) {
+                                        double mass_rtol, T* us, T* vs, T* P, int8_t* status, int64_t e,
+                                        Work<T>& w) {
   const int64_t B = d.batch, n = d.n, m = d.m;
   const T* la = log_a + e * n;
   const T* lb = log_b + e * m;
-  ok[e] = 0;
-  valid[e] = inputs_valid(C + e * n * m, static_cast<const T*>(nullptr), n * m, la, n, lb, m, v0 + e * m, tau,
-                          mass_rtol);
-  if (!valid[e]) return;
+  const Status valid = input_status(C + e * n * m, static_cast<const T*>(nullptr), n * m, la, n, lb, m, v0 + e * m,
+                                    tau, mass_rtol);
+  status[e] = static_cast<int8_t>(valid);
+  if (valid != Status::kOptimal) return;
   std::copy(v0 + e * m, v0 + (e + 1) * m, w.v0.begin());
   load_element(w, C + e * n * m, la, lb, n, m, tau);
   build_K(w.logKt.data(), w.Kt.data(), w.r.data(), n, m);
@@ -389,8 +394,9 @@ OT_CLONES void sinkhorn_forward_element(const T* C, const T* log_a, const T* log
     for (int64_t j = 0; j < m; ++j) v[j] = w.v0f[j] + lb[j] - log_entry(std::max(w.s[k * m + j], Num<T>::tiny));
     big = std::max({big, magnitude(u, n), magnitude(v, m)});
   }
-  ok[e] = good && magnitude_ok(big);
-  if (!ok[e] || P == nullptr) return;
+  const bool ok = good && magnitude_ok(big);
+  status[e] = static_cast<int8_t>(ok ? Status::kOptimal : Status::kLogDomain);
+  if (!ok || P == nullptr) return;
   // the plan exp(S + u_L + v_L), computed transposed in the scratch matrix and stored as (n, m)
   const T* Ce = C + e * n * m;
   const T* uL = us + ((L - 1) * B + e) * n;
@@ -410,9 +416,9 @@ OT_CLONES void sinkhorn_forward_element(const T* C, const T* log_a, const T* log
 
 template <typename T>
 void sinkhorn_forward(const T* C, const T* log_a, const T* log_b, const T* v0, Dims d, T tau, int L, double mass_rtol,
-                      T* us, T* vs, T* P, uint8_t* ok, uint8_t* valid, int threads) {
+                      T* us, T* vs, T* P, int8_t* status, int threads) {
   for_each_element<T>(d, L, threads, [&](int64_t e, Work<T>& w) {
-    sinkhorn_forward_element<T>(C, log_a, log_b, v0, d, tau, L, mass_rtol, us, vs, P, ok, valid, e, w);
+    sinkhorn_forward_element<T>(C, log_a, log_b, v0, d, tau, L, mass_rtol, us, vs, P, status, e, w);
   });
 }
 
@@ -420,8 +426,9 @@ namespace {
 
 template <typename T>
 OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* log_b, const T* us, const T* vs,
-                                         const T* grad_P, Dims d, T tau, int L, T* grad_C, T* grad_log_a,
-                                         T* grad_log_b, T* grad_v0, uint8_t* ok, int64_t e, Work<T>& w) {
+                                         const T* grad_P, const T* grad_u, const T* grad_v, Dims d, T tau, int L,
+                                         T* grad_C, T* grad_log_a, T* grad_log_b, T* grad_v0, int8_t* status,
+                                         int64_t e, Work<T>& w) {
   const int64_t B = d.batch, n = d.n, m = d.m;
   const T alpha = T(-1) / tau;
   const T neg = Num<T>::neg;
@@ -454,6 +461,10 @@ OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* lo
     }
   }
   marginal_sums(w, n, m);
+  // the gradients of u_L and v_L join the plan's (the entropy's seed has the opposite sign, flipped at the end)
+  const T sign = grad_P ? T(1) : T(-1);
+  if (grad_u) for (int64_t i = 0; i < n; ++i) w.gu[i] += sign * grad_u[e * n + i];
+  if (grad_v) for (int64_t j = 0; j < m; ++j) w.gv[j] += sign * grad_v[e * m + j];
   // P^k = P * x_k y_k^T with x_k = exp(u_k - u_L) (k = 1..L), y_k = exp(v_k - v_L) (k = 0..L-1)
   for (int k = 1; k <= L; ++k) {
     const T* u = us + ((k - 1) * B + e) * n;
@@ -467,7 +478,7 @@ OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* lo
   }
   if (!(scaling_ok(w.x.data(), L * n, w.y.data(), L * m, n, m, log_min_mass(la, n, lb, m)) &&
         magnitude_ok(big))) {
-    ok[e] = 0;
+    status[e] = static_cast<int8_t>(Status::kLogDomain);
     return;
   }
   // 1 / a and 1 / b, 0 where the marginal is 0 (no mass, no gradient)
@@ -482,7 +493,6 @@ OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* lo
   }
   backward(w, n, m, L, true);
   // gC = -gS / tau, and the entropy's seed had the opposite sign of grad_P * P
-  const T sign = grad_P ? T(1) : T(-1);
   const T scale = sign * alpha;
   T* gC = grad_C + e * n * m;
   for (int64_t i = 0; i < n; ++i)
@@ -492,60 +502,72 @@ OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* lo
     grad_log_b[e * m + j] = sign * w.gb[j];
     grad_v0[e * m + j] = sign * w.gv[j];
   }
-  ok[e] = 1;
+  status[e] = static_cast<int8_t>(Status::kOptimal);
 }
 
 }  // namespace
 
 template <typename T>
-void sinkhorn_backward(const T* C, const T* log_a, const T* log_b, const T* us, const T* vs, const T* grad_P, Dims d,
-                       T tau, int L, T* grad_C, T* grad_log_a, T* grad_log_b, T* grad_v0, uint8_t* ok, int threads) {
+void sinkhorn_backward(const T* C, const T* log_a, const T* log_b, const T* us, const T* vs, const T* grad_P,
+                       const T* grad_u, const T* grad_v, Dims d, T tau, int L, T* grad_C, T* grad_log_a,
+                       T* grad_log_b, T* grad_v0, int8_t* status, int threads) {
   for_each_element<T>(d, L, threads, [&](int64_t e, Work<T>& w) {
-    sinkhorn_backward_element<T>(C, log_a, log_b, us, vs, grad_P, d, tau, L, grad_C, grad_log_a, grad_log_b, grad_v0,
-                                 ok, e, w);
+    sinkhorn_backward_element<T>(C, log_a, log_b, us, vs, grad_P, grad_u, grad_v, d, tau, L, grad_C, grad_log_a,
+                                 grad_log_b, grad_v0, status, e, w);
   });
 }
 
 namespace {
 
 template <typename T>
-OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, const T* log_b, Dims d, T tau,
-                                    T noise_scale, int steps, int L, T lr, bool reuse_uv, double mass_rtol, T* C_T,
-                                    T* u_out, T* v_out, uint8_t* ok, uint8_t* valid, int64_t e, Work<T>& w) {
-  const int64_t n = d.n, m = d.m;
+OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, const T* log_b, Dims d,
+                                    const MeshParams& p, double mass_rtol, T* C_T, T* u_out, T* v_out, T* trace_C,
+                                    T* trace_v0, int8_t* status, int64_t e, Work<T>& w) {
+  const int64_t B = d.batch, n = d.n, m = d.m;
+  const int L = p.n_sh_iters;
+  const T tau = static_cast<T>(p.tau), lr = static_cast<T>(p.lr), noise_scale = static_cast<T>(p.noise_scale);
   const T alpha = T(-1) / tau;
   const T* Ce = C + e * n * m;
   const T* Ne = noise + e * n * m;
   const T* la = log_a + e * n;
   const T* lb = log_b + e * m;
+  const Status valid = input_status(Ce, Ne, n * m, la, n, lb, m, static_cast<const T*>(nullptr), tau, mass_rtol);
+  status[e] = static_cast<int8_t>(valid);
+  if (valid != Status::kOptimal) return;
   const T lmm = log_min_mass(la, n, lb, m);
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < m; ++j) w.Ct[j * n + i] = Ce[i * m + j] + noise_scale * Ne[i * m + j];
+    for (int64_t j = 0; j < m; ++j) w.Cp[j * n + i] = Ce[i * m + j] + noise_scale * Ne[i * m + j];
   for (int64_t i = 0; i < n; ++i) w.a[i] = std::exp(la[i]);
   for (int64_t j = 0; j < m; ++j) w.b[j] = std::exp(lb[j]);
   std::fill(w.v0.begin(), w.v0.end(), T(0));
   T* uL = u_out + e * n;
   T* vL = v_out + e * m;
-  ok[e] = 0;
-  valid[e] = inputs_valid(Ce, Ne, n * m, la, n, lb, m, static_cast<const T*>(nullptr), tau, mass_rtol);
-  if (!valid[e]) return;
-  for (int step = 0; step < steps; ++step) {
+  for (int step = 0; step < p.n_mesh_iters; ++step) {
+    if (trace_C != nullptr) {  // what the warm-start backward needs: this step's C' and warm start
+      T* tc = trace_C + (step * B + e) * n * m;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < m; ++j) tc[i * m + j] = w.Cp[j * n + i];
+      std::copy(w.v0.begin(), w.v0.end(), trace_v0 + (step * B + e) * m);
+    }
     for (int64_t j = 0; j < m; ++j) {
       w.v0f[j] = std::max(w.v0[j], Num<T>::neg);
-      const T* c = w.Ct.data() + j * n;
+      const T* c = w.Cp.data() + j * n;
       T* lk = w.logKt.data() + j * n;
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) lk[i] = w.v0f[j] + alpha * c[i];
     }
     build_K(w.logKt.data(), w.Kt.data(), w.r.data(), n, m);
     iterate(w, n, m, L);
-    if (!scaling_ok(w.x.data(), L * n, w.y.data(), (L + 1) * m, n, m, lmm)) return;
+    const bool scaled = scaling_ok(w.x.data(), L * n, w.y.data(), (L + 1) * m, n, m, lmm);
     const T* qL = w.q.data() + (L - 1) * n;
     const T* sL = w.s.data() + (L - 1) * m;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) uL[i] = la[i] - w.r[i] - log_entry(qL[i]);
     for (int64_t j = 0; j < m; ++j) vL[j] = w.v0f[j] + lb[j] - log_entry(std::max(sL[j], Num<T>::tiny));
-    if (!magnitude_ok(std::max({magnitude(uL, n), magnitude(w.v0.data(), m), magnitude(vL, m)}))) return;
+    if (!scaled || !magnitude_ok(std::max({magnitude(uL, n), magnitude(w.v0.data(), m), magnitude(vL, m)}))) {
+      status[e] = static_cast<int8_t>(Status::kLogDomain);
+      return;
+    }
     // seed D = +P (log P + 1) with P = K x_L y_L^T, log P = log K + log x_L + log y_L
     const T* xL = w.x.data() + (L - 1) * n;
     const T* yL = w.y.data() + L * m;
@@ -568,41 +590,124 @@ OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, 
     const T sq = dot(w.G.data(), w.G.data(), n * m);
     const T inv = T(1) / std::max(std::sqrt(sq) / tau, Num<T>::tiny);
     const T coef = (-lr / tau) * inv;
-    T* ct = w.Ct.data();
+    T* cp = w.Cp.data();
     const T* g = w.G.data();
     if (std::isfinite(coef)) {
 #pragma omp simd
-      for (int64_t i = 0; i < n * m; ++i) ct[i] += g[i] * coef;
+      for (int64_t i = 0; i < n * m; ++i) cp[i] += g[i] * coef;
     } else {  // a (numerically) zero gradient: normalize first
-      for (int64_t i = 0; i < n * m; ++i) ct[i] += (g[i] * inv) * (-lr / tau);
+      for (int64_t i = 0; i < n * m; ++i) cp[i] += (g[i] * inv) * (-lr / tau);
     }
-    if (reuse_uv) std::copy(vL, vL + m, w.v0.begin());
+    if (p.reuse_uv) std::copy(vL, vL + m, w.v0.begin());
   }
   T* out = C_T + e * n * m;
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < m; ++j) out[i * m + j] = w.Ct[j * n + i];
-  ok[e] = 1;
+    for (int64_t j = 0; j < m; ++j) out[i * m + j] = w.Cp[j * n + i];
+}
+
+// Reverse of the MESH steps for the gradients of the last step's potentials: step t's Sinkhorn (from the
+// recorded C'_t and warm start v_t) is swept backward with seeds (grad u_L, grad v_L) on the last step and
+// (0, grad of the next step's warm start) before it; each step's dL/dC'_t is dL/dC's share.
+template <typename T>
+OT_CLONES void mesh_backward_element(const T* trace_C, const T* trace_v0, const T* log_a, const T* log_b,
+                                     const T* grad_u, const T* grad_v, Dims d, const MeshParams& p, T* grad_C,
+                                     T* grad_log_a, T* grad_log_b, int8_t* status, int64_t e, Work<T>& w) {
+  const int64_t B = d.batch, n = d.n, m = d.m;
+  const int L = p.n_sh_iters;
+  const T alpha = T(-1) / static_cast<T>(p.tau);
+  const T* la = log_a + e * n;
+  const T* lb = log_b + e * m;
+  const T lmm = log_min_mass(la, n, lb, m);
+  T* gla = grad_log_a + e * n;
+  T* glb = grad_log_b + e * m;
+  std::fill(gla, gla + n, T(0));
+  std::fill(glb, glb + m, T(0));
+  std::fill(w.Cp.begin(), w.Cp.end(), T(0));  // sum over steps of dL/dS'_t, transposed
+  T* inv_a = w.lx.data();  // 1 / a, 0 where a is 0 (no mass, no gradient)
+  T* seed_v = w.ly.data();  // gradient of the current step's v_L
+  for (int64_t i = 0; i < n; ++i) {
+    w.a[i] = std::exp(la[i]);
+    inv_a[i] = la[i] > -Num<T>::inf ? std::exp(-la[i]) : T(0);
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    w.b[j] = std::exp(lb[j]);
+    seed_v[j] = grad_v[e * m + j];
+  }
+  const int last = p.n_mesh_iters - 1;
+  for (int step = last; step >= (p.reuse_uv ? 0 : last); --step) {
+    const T* Cs = trace_C + (step * B + e) * n * m;
+    const T* v0 = trace_v0 + (step * B + e) * m;
+    for (int64_t j = 0; j < m; ++j) {
+      w.v0[j] = v0[j];
+      w.v0f[j] = std::max(v0[j], Num<T>::neg);
+    }
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) w.logKt[j * n + i] = w.v0f[j] + alpha * Cs[i * m + j];
+    build_K(w.logKt.data(), w.Kt.data(), w.r.data(), n, m);
+    iterate(w, n, m, L);
+    // the forward step's checks: scalings, and the sizes of v_0, u_L, v_L
+    T big = magnitude(w.v0.data(), m);
+    for (int64_t i = 0; i < n; ++i) big = std::max(big, std::abs(la[i] - w.r[i] - log_entry(w.q[(L - 1) * n + i])));
+    for (int64_t j = 0; j < m; ++j) {
+      const T v = w.v0f[j] + lb[j] - log_entry(std::max(w.s[(L - 1) * m + j], Num<T>::tiny));
+      if (v > -Num<T>::inf) big = std::max(big, std::abs(v));
+    }
+    if (!scaling_ok(w.x.data(), L * n, w.y.data(), (L + 1) * m, n, m, lmm) || !magnitude_ok(big)) {
+      status[e] = static_cast<int8_t>(Status::kLogDomain);
+      return;
+    }
+    for (int k = 1; k <= L; ++k) {
+      const T* x = w.x.data() + (k - 1) * n;
+      T* xa = w.xa.data() + (k - 1) * n;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) xa[i] = x[i] * inv_a[i];
+      for (int64_t j = 0; j < m; ++j)
+        w.yb[(k - 1) * m + j] = lb[j] > -Num<T>::inf ? w.y[k * m + j] * std::exp(-lb[j]) : T(0);
+    }
+    std::fill(w.G.begin(), w.G.end(), T(0));  // no direct term: only the potentials are seeded
+    for (int64_t i = 0; i < n; ++i) w.gu[i] = step == last ? grad_u[e * n + i] : T(0);
+    std::copy(seed_v, seed_v + m, w.gv.begin());
+    backward(w, n, m, L, true);
+    for (int64_t i = 0; i < n * m; ++i) w.Cp[i] += w.G[i];
+    for (int64_t i = 0; i < n; ++i) gla[i] += w.ga[i];
+    for (int64_t j = 0; j < m; ++j) glb[j] += w.gb[j];
+    std::copy(w.gv.begin(), w.gv.end(), seed_v);  // the gradient of this step's warm start
+  }
+  T* gC = grad_C + e * n * m;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) gC[i * m + j] = alpha * w.Cp[j * n + i];  // dL/dC' = -dL/dS' / tau
+  status[e] = static_cast<int8_t>(Status::kOptimal);
 }
 
 }  // namespace
 
 template <typename T>
-void mesh_forward(const T* C, const T* noise, const T* log_a, const T* log_b, Dims d, T tau, T noise_scale, int steps,
-                  int L, T lr, bool reuse_uv, double mass_rtol, T* C_T, T* u_out, T* v_out, uint8_t* ok,
-                  uint8_t* valid, int threads) {
-  for_each_element<T>(d, L, threads, [&](int64_t e, Work<T>& w) {
-    mesh_forward_element<T>(C, noise, log_a, log_b, d, tau, noise_scale, steps, L, lr, reuse_uv, mass_rtol, C_T, u_out,
-                            v_out, ok, valid, e, w);
+void mesh_forward(const T* C, const T* noise, const T* log_a, const T* log_b, Dims d, const MeshParams& p,
+                  double mass_rtol, T* C_T, T* u, T* v, T* trace_C, T* trace_v0, int8_t* status, int threads) {
+  for_each_element<T>(d, p.n_sh_iters, threads, [&](int64_t e, Work<T>& w) {
+    mesh_forward_element<T>(C, noise, log_a, log_b, d, p, mass_rtol, C_T, u, v, trace_C, trace_v0, status, e, w);
   });
 }
 
-#define OT_INSTANTIATE(T)                                                                                      \
-  template void sinkhorn_forward<T>(const T*, const T*, const T*, const T*, Dims, T, int, double, T*, T*, T*, uint8_t*, \
-                                    uint8_t*, int);                                                              \
-  template void sinkhorn_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*, Dims, T, int, T*, \
-                                     T*, T*, T*, uint8_t*, int);                                                  \
-  template void mesh_forward<T>(const T*, const T*, const T*, const T*, Dims, T, T, int, int, T, bool, double, T*, T*, \
-                                T*, uint8_t*, uint8_t*, int);
+template <typename T>
+void mesh_backward(const T* trace_C, const T* trace_v0, const T* log_a, const T* log_b, const T* grad_u,
+                   const T* grad_v, Dims d, const MeshParams& p, T* grad_C, T* grad_log_a, T* grad_log_b,
+                   int8_t* status, int threads) {
+  for_each_element<T>(d, p.n_sh_iters, threads, [&](int64_t e, Work<T>& w) {
+    mesh_backward_element<T>(trace_C, trace_v0, log_a, log_b, grad_u, grad_v, d, p, grad_C, grad_log_a, grad_log_b,
+                             status, e, w);
+  });
+}
+
+#define OT_INSTANTIATE(T)                                                                                     \
+  template void sinkhorn_forward<T>(const T*, const T*, const T*, const T*, Dims, T, int, double, T*, T*, T*,       \
+                                    int8_t*, int);                                                              \
+  template void sinkhorn_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*, const T*,          \
+                                     const T*, Dims, T, int, T*, T*, T*, T*, int8_t*, int);                       \
+  template void mesh_forward<T>(const T*, const T*, const T*, const T*, Dims, const MeshParams&, double, T*, T*,   \
+                                T*, T*, T*, int8_t*, int);                                                      \
+  template void mesh_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*, Dims,                \
+                                 const MeshParams&, T*, T*, T*, int8_t*, int);
 OT_INSTANTIATE(float)
 OT_INSTANTIATE(double)
 #undef OT_INSTANTIATE

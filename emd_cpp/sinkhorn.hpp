@@ -1,26 +1,25 @@
 // Fused CPU loops for the unrolled Sinkhorn of slot attention and for MESH (paper Eq. 9-12, App. A, D).
 //
-// Why. At slot-attention sizes, e.g. (B, n, m) = (64, 105, 5), one batch element is 525 numbers, and
-// PyTorch (eager or compiled) spends its time on hundreds of passes over the whole batch, each one an
-// operator call. Here each batch element is done start to finish by one thread with all its matrices
-// in L1/L2 cache: one exp per entry per MESH step, then only multiply-adds.
+// Each batch element is done start to finish by one thread with its matrices in cache, in the scaling form
+// of kernels/torch_ot.py (derivation there): K = exp(S + v0 - r) with S = -C / tau and r the row maxima;
+// iterations q_k = K y_{k-1}, x_k = a / q_k, s_k = K^T x_k, y_k = b / s_k; the backward as mat-vecs with K
+// plus K times a sum of 2L rank-one terms.
 //
-// What. The scaling form of kernels/torch_ot.py, with the same backend contract, the same maths and
-// the same accuracy checks (see that file's docstring for the derivation): K = exp(S + v0 - r) with
-// S = -C / tau and r the row maxima; Sinkhorn iterations q_k = K y_{k-1}, x_k = a / q_k,
-// s_k = K^T x_k, y_k = b / s_k; the backward as mat-vecs with K plus K times a sum of 2L rank-one
-// terms. Each element reports whether its checks passed (finite scalings, no harmful underflow, small
-// potentials); the Python wrapper (kernels/cpp_ot.py) recomputes failing elements in the log domain
-// with kernels/torch_ot.py. An element that fails stops early; its outputs are then unspecified.
+// Status (status.hpp, one int8 per element): the forward functions check each element's inputs as they read
+// them (kernels/_checks.py's rules) and write kInvalidCost, kInvalidMarginal, kMassMismatch,
+// kInvalidWarmStart, kInvalidNoise or kCostOverflow for a bad one (not solved); kLogDomain marks an element
+// whose scaling form failed its accuracy checks (finite scalings, no harmful underflow, small potentials),
+// which kernels/cpp_ot.py redoes in the log domain. The outputs of an element whose status is not
+// kOptimal are unspecified.
 //
-// Layouts (all C-contiguous): C, noise, grad_P, grad_C, C_T (B, n, m); log_a (B, n), log_b (B, m);
-// us (L, B, n) = u_1..u_L; vs (L + 1, B, m) = v_0..v_L; ok (B,) 1 = passed. log marginals may be
-// -inf (zero marginals). The forward functions also check each element's inputs (valid (B,), 1 = the
-// values pass the checks of kernels/_checks.py; an invalid element is not solved and has ok = 0). Inside, each element's matrices are held transposed, (m, n), so the long
-// axis is innermost for both mat-vecs.
+// Layouts (C-contiguous): C, noise, grad_P, grad_C, C_T (B, n, m); log_a (B, n), log_b (B, m), -inf at zero
+// marginals; us (L, B, n) = u_1..u_L; vs (L + 1, B, m) = v_0..v_L. Per-element matrices are held transposed,
+// (m, n), so that the long axis is innermost for both mat-vecs.
 //
-// Threads: elements are shared out to `threads` threads (the caller's thread included) with an atomic
-// counter; nothing here touches Python or throws except std::bad_alloc / std::system_error.
+// Threads: elements are shared out to `threads` threads (the caller's included) with an atomic counter.
+// Every element reads only its inputs and the buffers it wrote itself, so results do not depend on the
+// number of threads or on which thread did an element. Nothing here touches Python or throws except
+// std::bad_alloc / std::system_error.
 #pragma once
 
 #include <cstdint>
@@ -31,24 +30,42 @@ struct Dims {
   int64_t batch, n, m;
 };
 
-// u_1..u_L and v_0..v_L of L Sinkhorn iterations warm-started from v0 (B, m), and, unless P is null,
-// the plan P = exp(S + u_L + v_L) (B, n, m) of the elements that passed their checks.
-template <typename T>
-void sinkhorn_forward(const T* C, const T* log_a, const T* log_b, const T* v0, Dims d, T tau, int iters,
-                      double mass_rtol, T* us, T* vs, T* P, uint8_t* ok, uint8_t* valid, int threads);
+// MESH's scalars (kernels.MeshParams in Python, one name per quantity).
+struct MeshParams {
+  double tau, noise_scale, lr;
+  int n_mesh_iters, n_sh_iters;
+  bool reuse_uv;
+};
 
-// Gradients of P = exp(S + u_L + v_L) through the L iterations: grad_C (B, n, m), grad_log_a (B, n),
-// grad_log_b (B, m), grad_v0 (B, m). grad_P == nullptr means the gradient of sum_batch H(P).
+// u_1..u_L and v_0..v_L of L Sinkhorn iterations warm-started from v0 (B, m), and, unless P is null,
+// the plan P = exp(S + u_L + v_L) (B, n, m).
+template <typename T>
+void sinkhorn_forward(const T* C, const T* log_a, const T* log_b, const T* v0, Dims d, T tau, int n_iters,
+                      double mass_rtol, T* us, T* vs, T* P, int8_t* status, int threads);
+
+// Gradients of P = exp(S + u_L + v_L) (grad_P, or the entropy's when grad_P is null) and of the final
+// potentials (grad_u (B, n), grad_v (B, m), each optional) through the L iterations: grad_C (B, n, m),
+// grad_log_a (B, n), grad_log_b (B, m), grad_v0 (B, m). status: kOptimal or kLogDomain.
 template <typename T>
 void sinkhorn_backward(const T* C, const T* log_a, const T* log_b, const T* us, const T* vs, const T* grad_P,
-                       Dims d, T tau, int iters, T* grad_C, T* grad_log_a, T* grad_log_b, T* grad_v0,
-                       uint8_t* ok, int threads);
+                       const T* grad_u, const T* grad_v, Dims d, T tau, int n_iters, T* grad_C, T* grad_log_a,
+                       T* grad_log_b, T* grad_v0, int8_t* status, int threads);
 
-// MESH: C'_0 = C + noise_scale * noise, then `steps` steps C' <- C' - lr g / ||g||_F with
-// g = dH(sinkhorn(C'))/dC'. Writes C_T (B, n, m) and the last step's u (B, n), v (B, m); steps >= 1.
+// MESH: C'_0 = C + noise_scale * noise, then n_mesh_iters steps C' <- C' - lr g / ||g||_F with
+// g = dH(sinkhorn(C'))/dC'. Writes C_T (B, n, m) and the last step's u (B, n), v (B, m). Unless null,
+// trace_C (n_mesh_iters, B, n, m) and trace_v0 (n_mesh_iters, B, m) receive each step's C' and warm start.
 template <typename T>
-void mesh_forward(const T* C, const T* noise, const T* log_a, const T* log_b, Dims d, T tau, T noise_scale,
-                  int steps, int iters, T lr, bool reuse_uv, double mass_rtol, T* C_T, T* u, T* v, uint8_t* ok,
-                  uint8_t* valid, int threads);
+void mesh_forward(const T* C, const T* noise, const T* log_a, const T* log_b, Dims d, const MeshParams& p,
+                  double mass_rtol, T* C_T, T* u, T* v, T* trace_C, T* trace_v0, int8_t* status, int threads);
+
+// The warm-start gradient of MESH (the official code's): grad_u (B, n) and grad_v (B, m) of the last step's
+// potentials sent back through every step's Sinkhorn (each warm-started from the previous step's v) to the
+// costs (each C'_t passes its gradient to C unchanged) and the log marginals. Reads the trace of
+// mesh_forward; writes grad_C (B, n, m), grad_log_a (B, n), grad_log_b (B, m). status: kOptimal or
+// kLogDomain.
+template <typename T>
+void mesh_backward(const T* trace_C, const T* trace_v0, const T* log_a, const T* log_b, const T* grad_u,
+                   const T* grad_v, Dims d, const MeshParams& p, T* grad_C, T* grad_log_a, T* grad_log_b,
+                   int8_t* status, int threads);
 
 }  // namespace ot

@@ -29,18 +29,9 @@
 #include <utility>
 #include <vector>
 
-namespace emd {
+#include "status.hpp"
 
-// Mirrored in Python (emd_cpp.Status); anything but kOptimal is an error there.
-enum class Status : int8_t {
-  kOptimal = 0,       // plan is an exact optimum of the integer problem described above
-  kInfeasible = 1,    // LEMON found no feasible flow (not expected for balanced supplies)
-  kUnbounded = 2,     // LEMON reported an unbounded problem (not expected for finite costs)
-  kInvalidCost = 3,      // a cost is NaN or Inf
-  kInvalidMarginal = 4,  // a or b has a negative or non-finite entry, or a total that is 0 or overflows
-  kMassMismatch = 5,     // |sum a - sum b| > mass_rtol * max(sum a, sum b)
-  kNotSolved = 6,        // the batch was interrupted before this problem was taken up
-};
+namespace emd {
 
 constexpr int64_t kSupplyTotal = int64_t{1} << 52;
 

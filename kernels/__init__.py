@@ -5,15 +5,19 @@ equal total mass; u (B, n), v (B, m) log-domain potentials, P = exp(-C / tau + u
 
 Public API:
     sinkhorn(C, a, b, ...)       -> P, u, v     unrolled log-domain Sinkhorn (SA-SH, Eq. 6-7)
-    mesh(C, a, b, ...)           -> C2, u, v    MESH costs (Eq. 9-12), straight-through gradients
+    mesh(C, a, b, ...)           -> C2, u, v    MESH costs (Eq. 9-12); ``kernels.mesh`` is a callable module
     emd(C, a, b)                 -> P           exact OT plans (LEMON network simplex, C++ threads)
     emd_attention(C, a, b, ...)  -> A           SA-EMD attention emd(C) + sinkhorn(C) (Eq. 8)
-On CPU tensors these run the fused C++ loops (``kernels.cpp_ot``, falling back per batch element to the
-PyTorch path ``kernels.torch_ot``, which ``backend="torch"`` selects); on CUDA tensors the Triton kernels
-(``kernels.triton_ot``). ``kernels.reference`` holds the plain-autograd referees.
+    BACKENDS, MeshParams                        backend names (``backend=``), MESH's scalars
+On CPU tensors these run the fused C++ loops (``kernels.cpp_ot``); on CUDA tensors the Triton kernels
+(``kernels.triton_ot``); ``backend="torch"`` the plain PyTorch path (``kernels.torch_ot``).
+``kernels.reference`` holds the plain-autograd referees.
 """
+from . import mesh
+from .backends import BACKENDS, MeshParams
 from .exact import emd, emd_attention
-from .ot import mesh, sinkhorn
-from .reference import entropy_ref, mesh_ref, sinkhorn_ref
+from .ot import sinkhorn
+from .reference import entropy_ref, mesh_official_ref, mesh_ref, sinkhorn_ref
 
-__all__ = ["sinkhorn", "mesh", "emd", "emd_attention", "sinkhorn_ref", "mesh_ref", "entropy_ref"]
+__all__ = ["sinkhorn", "mesh", "emd", "emd_attention", "BACKENDS", "MeshParams", "sinkhorn_ref", "mesh_ref",
+           "mesh_official_ref", "entropy_ref"]

@@ -28,11 +28,9 @@ marginals back to the given ones changes that optimum by at most
 ``(max C - min C) * M`` at (n, m) = (4096, 11). float32 inputs are solved in float64 and the plan is
 rounded to float32 at the end.
 
-Validation: types, shapes, dtypes and devices are checked in Python with the rules and messages of
-``kernels._checks.check_ot_inputs``; the values (finite costs; finite, non-negative marginals with
-positive totals that agree to relative 1e-4) are checked by the solver threads as they read each
-problem, so the batch is read once and no torch kernel runs, and the first bad element is reported
-in a ValueError with check_ot_inputs' message.
+Validation: types, shapes, dtypes and devices are checked in Python; the values are checked by the solver
+threads as they read each problem (a status per element), and ``kernels._checks.raise_for_status`` names the
+first bad element with the messages of every OT function.
 
 Threads and interrupts: the thread that called ``emd`` releases the GIL and solves problems too,
 beside ``num_threads - 1`` helper threads; about every 20 ms (between its problems, then while it
@@ -54,7 +52,7 @@ import torch
 
 import emd_cpp
 
-from ._checks import MASS_RTOL, check_ot_inputs, check_tau
+from ._checks import MASS_RTOL, check_int, check_ot_inputs, check_tau, raise_for_status
 from .ot import sinkhorn
 
 __all__ = ["emd", "emd_attention"]
@@ -109,34 +107,6 @@ def _to_solver(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float64)
 
 
-def _raise_for_status(status: np.ndarray, a: np.ndarray, b: np.ndarray, mass_rtol: float) -> None:
-    """ValueError (bad input) or RuntimeError (solver) for the first batch element that is not
-    OPTIMAL; the messages are those of kernels._checks.check_ot_inputs."""
-    bad = np.flatnonzero(status != int(emd_cpp.Status.OPTIMAL))
-    if not bad.size:
-        return
-    k = int(bad[0])
-    code = emd_cpp.Status(int(status[k]))
-    if code == emd_cpp.Status.INVALID_COST:
-        raise ValueError(f"C has NaN or Inf entries (first in batch element {k})")
-    if code == emd_cpp.Status.INVALID_MARGINAL:
-        for name, w in (("a", a[k]), ("b", b[k])):
-            if not np.isfinite(w).all():
-                raise ValueError(f"marginal {name} has NaN or Inf entries (batch element {k})")
-            if (w < 0).any():
-                raise ValueError(f"marginal {name} has negative entries (batch element {k})")
-            if w.max() <= 0:
-                raise ValueError(f"marginal {name} is all zero (batch element {k})")
-        raise ValueError(f"marginals a and b of batch element {k} have a total mass that overflows float64")
-    if code == emd_cpp.Status.MASS_MISMATCH:
-        sa, sb = float(a[k].sum()), float(b[k].sum())  # finite: the solver summed them
-        raise ValueError(
-            f"row and column masses differ: a.sum()={sa:.6g} but b.sum()={sb:.6g} (batch element {k}); "
-            f"OT needs equal total mass (relative tolerance {mass_rtol:g})"
-        )
-    raise RuntimeError(f"emd: the network simplex returned {code.name} for batch element {k}")
-
-
 def emd(C, a, b, num_threads=None):
     """Exact optimal transport plans for a batch of problems.
 
@@ -166,7 +136,7 @@ def emd(C, a, b, num_threads=None):
     threads = _check_num_threads(num_threads)
     a64, b64 = _to_solver(a), _to_solver(b)
     P, status = emd_cpp.solve_batch(_to_solver(C), a64, b64, threads, MASS_RTOL)
-    _raise_for_status(status, a64, b64, MASS_RTOL)
+    raise_for_status(status, Ct, a64, b64)
     if isinstance(C, np.ndarray):
         return P.astype(C.dtype.newbyteorder("="), copy=False)
     P = torch.from_numpy(P.astype(np.float32, copy=False) if Ct.dtype == torch.float32 else P)
@@ -199,11 +169,11 @@ def emd_attention(C, a, b, n_sh_iters=5, tau=1.0, *, num_threads=None, backend=N
     Raises:
         ValueError naming the problem for bad inputs (as :func:`emd` and ``kernels.sinkhorn``).
     """
-    if isinstance(n_sh_iters, bool) or not isinstance(n_sh_iters, numbers.Integral) or n_sh_iters < 1:
-        raise ValueError(f"n_sh_iters must be an integer >= 1, got {n_sh_iters!r}")
-    check_ot_inputs(C, a, b)
+    check_int(n_sh_iters, "n_sh_iters", 1)
+    check_ot_inputs(C, a, b, values=False)
     check_tau(tau)
-    P_sh, _, _ = sinkhorn(C, a, b, n_sh_iters, tau, backend=backend)  # (B, n, m), differentiable in C, a, b
+    # each kernel checks the values as it reads them (the EMD solver first: its messages are those of sinkhorn)
     P_emd = emd(C.detach(), a.detach(), b.detach(), num_threads=num_threads)  # (B, n, m), constant
+    P_sh, _, _ = sinkhorn(C, a, b, n_sh_iters, tau, backend=backend)  # (B, n, m), differentiable in C, a, b
     # P_sh - P_sh.detach() is exactly zero but carries P_sh's gradient: the EMD term's surrogate.
     return P_emd + P_sh + (P_sh - P_sh.detach())

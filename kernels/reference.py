@@ -67,23 +67,52 @@ def mesh_ref(C, a, b, n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise=None, noise_sc
     """
     if noise is None:
         noise = torch.randn_like(C)
-    Ct = C + noise_scale * noise
+    Cp = C + noise_scale * noise
     if straight_through:
-        Ct, a, b = Ct.detach(), a.detach(), b.detach()
+        Cp, a, b = Cp.detach(), a.detach(), b.detach()
     u = v = None
     for _ in range(n_mesh_iters):
         with torch.enable_grad():
             if straight_through:
-                Ct = Ct.detach().requires_grad_(True)
-            P, u_new, v_new = sinkhorn_ref(Ct, a, b, n_sh_iters, tau, u, v)
-            H = entropy_ref(Ct, u_new, v_new, tau).sum()
-            (g,) = torch.autograd.grad(H, Ct, create_graph=not straight_through)
+                Cp = Cp.detach().requires_grad_(True)
+            P, u_new, v_new = sinkhorn_ref(Cp, a, b, n_sh_iters, tau, u, v)
+            H = entropy_ref(Cp, u_new, v_new, tau).sum()
+            (g,) = torch.autograd.grad(H, Cp, create_graph=not straight_through)
         norm = g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)  # (B,)
-        Ct = Ct - lr * g / norm[:, None, None]
+        Cp = Cp - lr * g / norm[:, None, None]
         if reuse_uv:
             u, v = (u_new.detach(), v_new.detach()) if straight_through else (u_new, v_new)
     if straight_through:
-        Ct = C + (Ct.detach() - C.detach())
+        Cp = C + (Cp.detach() - C.detach())
     if not reuse_uv:
         u = v = None
-    return Ct, u, v
+    return Cp, u, v
+
+
+def mesh_official_ref(C, a, b, n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise=None, noise_scale=1e-3, tau=1.0):
+    """MESH as the official code differentiates it (its ``mesh.py``): C' straight through, u and v on the graph.
+
+    C'_0 = C + noise_scale * noise stays on the autograd graph of C; every step runs ``sinkhorn_ref`` on C'
+    warm-started from the previous step's u, v (kept on the graph), takes the entropy gradient g with
+    ``torch.autograd.grad`` without a graph of its own, and moves C' <- C' - lr g / ||g||. So C2 passes its
+    gradient to C unchanged, and the returned u, v carry gradients through every step's Sinkhorn to C, a, b.
+    (The official code's entropy is a mean over clamped plan entries; H here is ``entropy_ref``'s sum, which
+    after the normalization of g gives the same step up to the clamp.)
+
+    Returns:
+        C2 (B, n, m), u (B, n), v (B, m).
+    """
+    if noise is None:
+        noise = torch.randn_like(C)
+    Cp = C + noise_scale * noise
+    if not Cp.requires_grad:
+        Cp = Cp.requires_grad_(True)
+    u = v = None
+    for _ in range(n_mesh_iters):
+        with torch.enable_grad():
+            P, u, v = sinkhorn_ref(Cp, a, b, n_sh_iters, tau, u, v)
+            H = entropy_ref(Cp, u, v, tau).sum()
+            (g,) = torch.autograd.grad(H, Cp, retain_graph=True)
+        norm = g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)  # (B,)
+        Cp = Cp - lr * g / norm[:, None, None]
+    return Cp, u, v

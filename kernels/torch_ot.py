@@ -1,60 +1,38 @@
-"""PyTorch path of the OT kernels: batched unrolled Sinkhorn, its hand-written backward, and MESH.
+"""The PyTorch backend of the OT kernels (``backend="torch"``; the reference the C++ and Triton paths are
+tested against, and the per-element fallback of the C++ loops): batched unrolled Sinkhorn, its hand-written
+backward, MESH and MESH's warm-start backward (the contract is in ``kernels.backends``).
 
-This is the plain PyTorch implementation (``backend="torch"``; on CPU the default path is the fused C++
-loops of ``kernels.cpp_ot``, which are tested against this one and fall back to it per batch element;
-on CUDA it is the fallback when Triton is missing). It implements the backend
-contract shared with ``kernels.triton_ot`` (``sinkhorn_fwd``, ``sinkhorn_bwd``, ``mesh_fwd``); the
-public, validated, differentiable functions are ``kernels.sinkhorn`` and ``kernels.mesh``.
-
-Maths (paper Eq. 9-12, App. A and D). With S = -C / tau and v_0 given, iteration k = 1..L is
+Maths (Eq. 9-12, App. A and D). With S = -C / tau and v_0 given, iteration k = 1..L is
     u_k = log a - LSE_j(S_ij + v_{k-1,j}),   v_k = log b - LSE_i(S_ij + u_{k,i}),
-and the plan is P = exp(S + u_L + v_L). Write P^k = exp(S + u_k + v_k) and R^k = exp(S + u_k + v_{k-1})
-(the matrices after the column and after the row rescaling of iteration k). Going backward from
-upstream gradients gu_k, gv_k of the potentials:
-    gS   -= P^k * (gv_k / b)[None, :],    gu_k     -= (P^k * (gv_k / b)).sum(j),
-    gS   -= R^k * (gu_k / a)[:, None],    gv_{k-1} -= (R^k * (gu_k / a)).sum(i),
+and P = exp(S + u_L + v_L). With P^k = exp(S + u_k + v_k) and R^k = exp(S + u_k + v_{k-1}), the backward
+from upstream gradients gu_k, gv_k of the potentials is
+    gS -= P^k * (gv_k / b)[None, :],   gu_k -= (P^k * (gv_k / b)).sum(j),
+    gS -= R^k * (gu_k / a)[:, None],   gv_{k-1} -= (R^k * (gu_k / a)).sum(i),
     grad log a += gu_k,  grad log b += gv_k,
-starting from the direct terms of the plan: G = grad_P * P, gS = G, gu_L = G.sum(j), gv_L = G.sum(i).
-For the entropy H(P) = -sum P log P, grad_P = -(log P + 1) with log P = S + u_L + v_L.
+from G = grad_P * P: gS = G, gu_L = G.sum(j) (+ grad u_L), gv_L = G.sum(i) (+ grad v_L). For the entropy
+H(P) = -sum P log P, grad_P = -(log P + 1).
 
-Two ways to evaluate this, both here:
+Two evaluations. The scaling form (fast): every P^k, R^k is one matrix K = exp(S + v_0 - r) (r the row
+maxima) rescaled by vectors, so an iteration is two batched mat-vecs (q = K y, x = a / q, s = K^T x,
+y = b / s) and the backward is mat-vecs with K plus K times a sum of 2L rank-one terms. The log domain
+(``_log_forward``, ``_log_backward``): log-sum-exps and softmaxes, always finite. Each batch element's
+scaling form is checked (finite scalings; the mass that underflow can lose below eps times the smallest
+positive marginal; potentials below 2^-13 / eps); elements that fail are redone in the log domain.
 
-* The log-domain way (``_log_forward``, ``_log_backward``): two log-sum-exps per forward iteration
-  and two softmaxes per backward iteration. Always finite; used as the fallback.
-* The scaling way (the fast path). All P^k and R^k are one fixed matrix K rescaled by vectors,
-  P^k = K * x_k[:, None] * y_k[None, :], R^k = K * x_k[:, None] * y_{k-1}[None, :]. In the forward,
-  K = exp(S + v_0 - r) (r the row maxima, so every row of K has a 1 in it) is formed once, and each
-  Sinkhorn iteration is two batched mat-vecs: q = K y_{k-1}, x_k = a / q, s = K^T x_k, y_k = b / s
-  (u_k = log a - r - log q, v_k = v_0 + log b - log s). In the backward every gu_k, gv_{k-1} is one
-  mat-vec with K, and all the gS terms together are K * (X @ Y^T) with X (n, 2L), Y (m, 2L): a sum of
-  rank-one matrices, one small matmul and one fused multiply-add over the n x m matrix. A MESH step is
-  thus ~4L mat-vecs and a dozen elementwise passes over (B, n, m) with one exp, instead of the ~10L
-  exp/log-sum-exp passes of autograd through the log-domain iterations. ``mesh_fwd`` reuses the
-  forward's K and scalings in the backward; ``sinkhorn_bwd``, which only gets the potentials, takes
-  K = P and the factors exp(u_k - u_L), exp(v_k - v_L).
+Shapes: C (B, n, m); inside, matrices are held transposed, (B, m, n), so the long axis n is innermost.
 
-Scalings can over- or underflow (large costs, small tau, tiny marginals, cold starts). After every
-fast evaluation each batch element is checked: all scalings finite,
-``tiny * max(1, max x) * max(1, max y) * max(n, m) <= eps * min positive marginal`` (which bounds the
-mass lost to underflowed entries of K, or of products in the mat-vecs, by eps relative to every row
-and column mass), and potentials small enough that their rounding, eps |u|, stays below 2^-13.
-Batch elements that fail are recomputed in the log domain, whose backward rebuilds the softmaxes from
-S + u as autograd does, so results are always finite and as accurate as the reference.
-
-Known limits: the fallback is per batch element and per call (a MESH step falls back as a whole), and
-it is 3-8x slower than the fast path (at (64, 1024, 7): sinkhorn forward 3x, backward 4x, MESH 7.5x;
-still no slower than autograd through the reference). It is taken for costs spanning more than ~60 (float32) or ~650
-(float64) units of tau between warm start and solution, for potentials beyond ~1e3 in float32 (costs
-above ~1e3 tau), and for some zero-marginal patterns (a finite warm-start v at a column with b = 0 in
-``sinkhorn_bwd``). ``torch.compile`` is not used: the work is mat-vecs and single elementwise passes
-that are already one kernel each. No implicit-differentiation variant: the gradient is the unrolled
-one, as in the paper.
+Known limits: the fallback is per batch element and per call (a MESH step falls back as a whole) and 3-8x
+slower than the scaling form; it is taken for costs spanning more than ~60 (float32) or ~650 (float64) units
+of tau between warm start and solution, for potentials beyond ~1e3 in float32, and for some zero-marginal
+patterns. The gradient is the unrolled one, as in the paper (no implicit differentiation).
 """
 import math
 
 import torch
 
-__all__ = ["sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd"]
+from .backends import Backend, MeshTrace
+
+__all__ = ["sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd", "mesh_bwd", "chain_mesh_bwd", "BACKEND"]
 
 # Layout. Inside this module every (B, n, m) matrix is held transposed, as a contiguous (B, m, n)
 # tensor (names end in ``t``). With m <= 64 slots and n up to 16k inputs this puts the long axis
@@ -280,15 +258,17 @@ def _scaled_backward(Kt, G, gu, gv, XT, YT, xa, yb, need_marg, M=None, tmp=None)
 # Backend contract
 # ----------------------------------------------------------------------------------------------
 
-def sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0):
+def sinkhorn_fwd(C, log_a, log_b, v0, tau, n_iters, want_plan=False):
     """Unrolled Sinkhorn forward.
 
     Args:
         C (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals (-inf where a marginal is 0);
-        tau > 0; n_iters >= 1; v0 (B, m) warm-start column potentials (zeros for a cold start).
+        v0 (B, m) warm-start column potentials (zeros for a cold start); tau > 0; n_iters >= 1.
 
     Returns:
-        us (n_iters, B, n) = u_1..u_L and vs (n_iters + 1, B, m) = v_0..v_L.
+        us (n_iters, B, n) = u_1..u_L, vs (n_iters + 1, B, m) = v_0..v_L, the plan
+        P = exp(-C / tau + u_L + v_L) (B, n, m) if ``want_plan`` else None, and None (no status: the values
+        are checked before).
     """
     B, n, m = C.shape
     v0f = v0.clamp_min(_neg_big(C.dtype))
@@ -304,15 +284,19 @@ def sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0):
     if bad is not None:
         St = (C[bad] / -tau).transpose(1, 2).contiguous()  # (B', m, n)
         us[:, bad], vs[:, bad] = _log_forward(St, log_a[bad], log_b[bad], v0[bad], n_iters)
-    return us, vs
+    P = None
+    if want_plan:
+        P = torch.div(C, -tau).add_(us[-1][:, :, None]).add_(vs[-1][:, None, :]).exp_()  # (B, n, m)
+    return us, vs, P, None
 
 
-def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P):
-    """Backward of P = exp(-C / tau + u_L + v_L) through the unrolled iterations.
+def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, grad_u=None, grad_v=None):
+    """Backward of P = exp(-C / tau + u_L + v_L) and of (u_L, v_L) through the unrolled iterations.
 
     Args:
         C, log_a, log_b, tau: as in ``sinkhorn_fwd``; us (L, B, n), vs (L + 1, B, m) its outputs.
         grad_P: (B, n, m) upstream gradient of P, or None for the gradient of sum_batch H(P).
+        grad_u (B, n), grad_v (B, m): upstream gradients of u_L and v_L, or None.
 
     Returns:
         grad_C (B, n, m), grad_log_a (B, n), grad_log_b (B, m), grad_v0 (B, m).
@@ -334,6 +318,10 @@ def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P):
         sign = 1.0
         G = torch.mul(Pt, grad_P.transpose(1, 2), out=logPt)
     gu, gv = G.sum(1), G.sum(2)
+    if grad_u is not None:  # the sweep is linear: seeds carry the sign of G
+        gu.add_(grad_u, alpha=sign)
+    if grad_v is not None:
+        gv.add_(grad_v, alpha=sign)
     # P^k = P * A_k B_k^T with A_k = exp(u_k - u_L) (k = 1..L), B_k = exp(v_k - v_L) (k = 0..L)
     XT = C.new_empty(B, 2 * L, n)
     YT = C.new_empty(B, 2 * L, m)
@@ -394,21 +382,22 @@ def _mesh_step(Ct, log_a, log_b, a, b, tau, v0, n_iters, log_min_mass, work):
     return uL, vL, D
 
 
-def mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters, lr, reuse_uv):
+def mesh_fwd(C, log_a, log_b, noise, params, trace=False):
     """The MESH loop (Eq. 9-12) without autograd.
 
     Args:
-        C (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals; tau > 0; noise (B, n, m) standard
-        normal; noise_scale, lr floats; n_mesh_iters >= 0 steps of n_sh_iters >= 1 Sinkhorn iterations;
-        reuse_uv: warm-start each step from the previous step's v (zeros otherwise).
+        C (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals; noise (B, n, m) standard normal;
+        params: ``kernels.MeshParams`` (n_mesh_iters >= 1); trace: also return the costs and warm starts of
+        every step (for ``mesh_bwd``).
 
     Returns:
-        C_T (B, n, m) the moved costs, and u (B, n), v (B, m) of the last step's Sinkhorn
-        (None, None when n_mesh_iters == 0).
+        C_T (B, n, m) the moved costs, u (B, n), v (B, m) of the last step's Sinkhorn, None (no status) and
+        the ``MeshTrace`` or None.
     """
+    tau, lr, n_sh_iters = params.tau, params.lr, params.n_sh_iters
     B, n, m = C.shape
     Ct = C.new_empty(B, m, n)
-    torch.add(C.transpose(1, 2), noise.transpose(1, 2), alpha=noise_scale, out=Ct)  # C'_0^T
+    torch.add(C.transpose(1, 2), noise.transpose(1, 2), alpha=params.noise_scale, out=Ct)  # C'_0^T
     a, b = log_a.exp(), log_b.exp()
     zeros = torch.zeros_like(b)
     log_min_mass = _log_min_mass(log_a, log_b)
@@ -416,7 +405,10 @@ def mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters,
     u = v = None
     v0 = zeros
     work = _workspace(C, B, m, n, n_sh_iters, backward=True)
-    for _ in range(n_mesh_iters):
+    tr = MeshTrace(C.new_empty(params.n_mesh_iters, B, n, m), C.new_empty(params.n_mesh_iters, B, m)) if trace else None
+    for t in range(params.n_mesh_iters):
+        if trace:
+            tr.C[t], tr.v0[t] = Ct.transpose(1, 2), v0
         u, v, D = _mesh_step(Ct, log_a, log_b, a, b, tau, v0, n_sh_iters, log_min_mass, work)
         # g = dH/dC' = D^T / tau;  C' <- C' - lr g / max(||g||, tiny)
         norm = torch.linalg.vector_norm(D, dim=(1, 2)) / tau  # (B,) = ||g||_F: read nm
@@ -427,5 +419,36 @@ def mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters,
             D.mul_(inv[:, None, None])
             coef = torch.full_like(coef, -lr / tau)
         Ct.addcmul_(D, coef[:, None, None])  # read 2nm, write nm
-        v0 = v if reuse_uv else zeros
-    return Ct.transpose(1, 2).contiguous(), u, v
+        v0 = v if params.reuse_uv else zeros
+    return Ct.transpose(1, 2).contiguous(), u, v, None, tr
+
+
+def chain_mesh_bwd(sinkhorn_fwd, sinkhorn_bwd, trace, log_a, log_b, params, grad_u, grad_v):
+    """MESH's warm-start gradient from a backend's Sinkhorn forward and backward.
+
+    Step t's Sinkhorn is recomputed from the recorded C'_t and warm start v_t, then swept backward with the
+    seeds (grad_u, grad_v) on the last step and (0, the gradient of the next step's warm start) before it; C'_t
+    passes its gradient to C unchanged (straight through), so the costs' gradient is the sum over steps.
+    trace: ``MeshTrace`` (T, B, n, m), (T, B, m); grad_u (B, n), grad_v (B, m).
+    Returns grad_C (B, n, m), grad_log_a (B, n), grad_log_b (B, m).
+    """
+    T = params.n_mesh_iters
+    grad_C, ga, gb = torch.zeros_like(trace.C[0]), torch.zeros_like(log_a), torch.zeros_like(log_b)
+    no_plan_grad = torch.zeros_like(trace.C[0])
+    gu, gv = grad_u, grad_v
+    for t in range(T - 1, -1 if params.reuse_uv else T - 2, -1):  # cold starts cut the chain
+        us, vs, _, _ = sinkhorn_fwd(trace.C[t], log_a, log_b, trace.v0[t], params.tau, params.n_sh_iters, False)
+        gC, gla, glb, gv = sinkhorn_bwd(trace.C[t], log_a, log_b, params.tau, us, vs, no_plan_grad, gu, gv)
+        grad_C += gC
+        ga += gla
+        gb += glb
+        gu = None
+    return grad_C, ga, gb
+
+
+def mesh_bwd(trace, log_a, log_b, params, grad_u, grad_v):
+    """``chain_mesh_bwd`` with this module's Sinkhorn."""
+    return chain_mesh_bwd(sinkhorn_fwd, sinkhorn_bwd, trace, log_a, log_b, params, grad_u, grad_v)
+
+
+BACKEND = Backend(sinkhorn_fwd, sinkhorn_bwd, mesh_fwd, mesh_bwd, validates=False, device=None)

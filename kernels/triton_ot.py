@@ -1,75 +1,43 @@
-"""Triton kernels for batched log-domain Sinkhorn and MESH (the CUDA path of kernels.sinkhorn and kernels.mesh).
+"""Triton kernels for batched log-domain Sinkhorn and MESH (the CUDA backend ``backend="triton"``).
 
-What it computes (conventions of ``kernels``; paper: Zhang et al., ICML 2023, Sec. 4, Eq. 9-12, App. A/D):
-    C (B, n, m) costs, rows = inputs, columns = slots; log_a (B, n), log_b (B, m) log marginals (-inf where a
-    marginal entry is 0); S = -C / tau.  One Sinkhorn iteration k = 1..L:
-        u_k = log_a - LSE_j(S_ij + v_{k-1,j})            (rows sum to a)
-        v_k = log_b - LSE_i(S_ij + u_{k,i})              (columns sum to b)
-    with v_0 the warm start (zeros when cold) and plan P = exp(S + u_L + v_L).  MESH (Eq. 9-12):
-    C'_0 = C + noise_scale * noise; T times: g = dH(P(C'_t))/dC'_t through the L unrolled iterations,
-    C'_{t+1} = C'_t - lr * g / max(||g||_F, tiny) per batch element.
+What it computes (conventions of ``kernels``; Eq. 9-12, App. A/D): C (B, n, m) costs; log_a (B, n), log_b
+(B, m) log marginals (-inf at zero entries); S = -C / tau. Iteration k = 1..L:
+    u_k = log_a - LSE_j(S_ij + v_{k-1,j}),   v_k = log_b - LSE_i(S_ij + u_{k,i}),
+from the warm start v_0, plan P = exp(S + u_L + v_L). MESH: C'_0 = C + noise_scale * noise; T times
+C'_{t+1} = C'_t - lr * g / max(||g||_F, tiny), g = dH(P(C'_t))/dC'_t through the L iterations.
 
-Backend contract (shared with ``kernels.torch_ot``; no autograd graph, inputs validated, contiguous, one
-dtype and device): :func:`sinkhorn_fwd`, :func:`sinkhorn_bwd`, :func:`mesh_fwd`.  The plain-autograd
-reference these kernels are tested against is ``kernels.reference`` (``sinkhorn_ref``, ``entropy_ref``,
-``mesh_ref``); it is not duplicated here.
+Kernels (private ``@triton.jit``), one program per batch element (grid = (B,)):
+    _sinkhorn_fwd_kernel   L sweeps over tiles of BLOCK_N rows: the row update of a tile is complete in
+                           the tile (BLOCK_M >= m), the column log-sum-exp streams over the sweep.
+    _sinkhorn_bwd_kernel   the reverse sweep (below): 1 terminal pass + L reverse passes over C for the
+                           adjoint vectors, one pass that writes grad_C. Upstream: grad_P, or the entropy's
+                           (computed from log P inside the passes), plus optional grad_u, grad_v (HAS_UV).
+    _mesh_kernel           a whole MESH call in one launch: per step L forward passes, 1 + L backward passes,
+                           a norm pass and an update pass (2L + 3 passes over C'); with TRACE, one more pass
+                           records C'_t and the warm start for the warm-start backward.
+MESH's warm-start backward chains these Sinkhorn kernels (``kernels.torch_ot.chain_mesh_bwd``).
 
-Kernels (private ``@triton.jit``), all with one program per batch element (grid = (B,)):
-    _sinkhorn_fwd_kernel   L sweeps over tiles of BLOCK_N rows of C.  Each sweep is one pass over C: the
-                           row update u_k of a tile is complete inside the tile (BLOCK_M >= m covers all
-                           columns), and the column log-sum-exp of S + u_k is accumulated in the same sweep
-                           with a streaming (running max, rescaled sum) LSE.  v_k is formed after the sweep.
-    _sinkhorn_bwd_kernel   Hand-written reverse sweep of the unrolled iterations (derivation below):
-                           1 terminal pass + L reverse passes over C for the adjoint vectors, then one pass
-                           that writes grad_C.  With grad_P=None the upstream is the entropy's, computed from
-                           log P = S + u_L + v_L inside the passes and never stored.
-    _mesh_kernel           A whole MESH call in one launch (after one elementwise C + noise_scale * noise):
-                           per step L forward passes, 1 + L backward passes, one pass for the per-batch
-                           gradient norm, one pass that recomputes g tile by tile and updates C' in place.
-                           2L + 3 passes over C per MESH step, no n x m temporary.
+Backward. With R^k_ij = exp(S_ij + v_{k-1,j} + u_k,i - log a_i), Q^k_ij = exp(S_ij + u_k,i + v_k,j - log b_j)
+and Gbar = grad_P * P (or -P (log P + 1)):
+    vbar_L = sum_i Gbar_ij (+ grad v_L);   ubar_k = [k = L] (sum_j Gbar_ij + grad u_L) - sum_j vbar_k,j Q^k_ij;
+    vbar_{k-1} = -sum_i ubar_k,i R^k_ij;   grad_S = Gbar - sum_k (vbar_k,j Q^k_ij + ubar_k,i R^k_ij);
+    grad_C = -grad_S / tau;  grad_log_a = sum_k ubar_k;  grad_log_b = sum_{k>=1} vbar_k;  grad_v0 = vbar_0.
+Zero-mass rows / columns get R / Q = 0 directly (no -inf - (-inf)); their gradients are finite.
 
-Backward derivation.  Write R^k_ij = exp(S_ij + v_{k-1,j} + u_k,i - log a_i) (row softmax of iteration k) and
-Q^k_ij = exp(S_ij + u_k,i + v_k,j - log b_j) (column softmax).  With Gbar = grad_P * P (or -P (log P + 1) for the
-entropy) the adjoints are
-    vbar_L = sum_i Gbar_ij;   ubar_k = [k = L] sum_j Gbar_ij - sum_j vbar_k,j Q^k_ij;
-    vbar_{k-1} = -sum_i ubar_k,i R^k_ij;
-    grad_S = Gbar - sum_k (vbar_k,j Q^k_ij + ubar_k,i R^k_ij);   grad_C = -grad_S / tau;
-    grad_log_a = sum_k ubar_k;   grad_log_b = sum_{k>=1} vbar_k;   grad_v0 = vbar_0.
-ubar_k and vbar_k are computed one iteration per pass (the row part of ubar_k is complete in a tile, the
-column sums for vbar_{k-1} accumulate over the pass); grad_S needs all of them, hence the final pass that
-sums the 2L rank-one-weighted softmax terms per tile without storing any n x m temporary.
-Where log a_i = -inf (or log b_j = -inf) the corresponding R (Q) row (column) is set to 0 directly, so no
--inf - (-inf) is ever formed; those rows/columns carry zero mass, grad_log_a / grad_log_b are 0 there, and
-every gradient is finite.  grad_C is 0 on a zero-mass row; on a zero-mass column it is 0 only if v_0 is -inf
-there: a finite warm start (the cold v_0 = 0 included) lets that column enter u_1, exactly as in autograd
-through ``kernels.reference.sinkhorn_ref``.
+Launch: BLOCK_M = next power of two >= m; BLOCK_N so that a tile holds at most 4096 (float32) / 2048
+(float64) elements; scalars tau, lr, tiny in a small tensor of the input dtype.
 
-Launch plan and precision.  grid = (B,); each program loops over ceil(n / BLOCK_N) tiles of
-(BLOCK_N, BLOCK_M) with BLOCK_M = next power of two >= m (masked; tested up to m = 64, larger m only
-raises register pressure) and BLOCK_N chosen so that a tile holds at most 4096 (float32) or 2048 (float64)
-elements; 8 warps for full tiles.  Built for sm_90 with the bundled ptxas, these choices use at most 240
-registers per thread at m = 5, 11 and 64, with no spills (stack <= 16 bytes); the tests compile them, no GPU
-has run them.  Scalars tau, lr and the norm clamp are passed in a small tensor of the input dtype (a Python float
-argument would be rounded to float32).  Arithmetic is in the input dtype (float32 or float64).  Adjoint
-vectors live in small global scratch buffers written and read by the same program, separated by
-``tl.debug_barrier()``.
-
-Known limits.
-  * Untested on a real GPU: this session had no CUDA device.  Correctness is tested under TRITON_INTERPRET=1
-    on CPU tensors (tests/kernels/test_triton_ot.py); speed, block sizes and num_warps are not tuned.
-  * One program per batch element: at B = 64 this fills at most 64 SMs and each program walks n serially,
-    so the forward is unlikely to reach the memory-bandwidth bound at large n.  Splitting n across programs
-    needs a cross-program reduction of the column LSE (one launch per iteration, or a grid barrier); that
-    variant is not written.
-  * The backward recomputes 2L exponentials per element in the grad pass (twice per MESH step) instead
-    of storing n x m intermediates: compute traded for memory traffic, unmeasured on a GPU.
-  * No implicit-differentiation variant; the gradient is always the unrolled one (what the paper used).
+Known limits: tested under TRITON_INTERPRET=1 on CPU tensors and compiled for sm_90 in the tests; not run on
+a GPU, so speed, block sizes and num_warps are untuned. One program per batch element walks n serially.
 """
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd"]
+from .backends import Backend, MeshTrace
+from .torch_ot import chain_mesh_bwd
+
+__all__ = ["sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd", "mesh_bwd", "BACKEND"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,9 +158,10 @@ def _softmax_tiles(s, u_k, v_prev, v_k, la, lb):
 
 
 @triton.jit
-def _terminal_sweep(C_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iters, tau,
-                    HAS_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Row and column sums of Gbar: stores the row sums in ubar[L-1], returns vbar_L (BLOCK_M,).
+def _terminal_sweep(C_ptr, G_ptr, gu_ptr, gv_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iters, tau,
+                    HAS_G: tl.constexpr, HAS_UV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Row and column sums of Gbar (plus the seeds grad_u, grad_v with HAS_UV): stores the row sums in
+    ubar[L-1], returns vbar_L (BLOCK_M,).
 
     Reads n*m (C) [+ n*m (grad_P)] + n elements, writes n.
     """
@@ -202,8 +171,13 @@ def _terminal_sweep(C_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iter
         s, offs, mask, rows, rmask, c = _load_s_tile(C_ptr, pid, r0, n, m, tau, BLOCK_N, BLOCK_M)
         u_last = _vec_n(us_ptr, n_iters - 1, pid, B, n, rows, rmask, float("-inf"))
         gbar = _upstream_tile(s, u_last, v_last, G_ptr, offs, mask, HAS_G)
-        _store_vec_n(ubar_ptr, n_iters - 1, pid, B, n, rows, rmask, tl.sum(gbar, 1))
+        ubar = tl.sum(gbar, 1)
+        if HAS_UV:
+            ubar += _vec_n(gu_ptr, 0, pid, B, n, rows, rmask, 0.0)
+        _store_vec_n(ubar_ptr, n_iters - 1, pid, B, n, rows, rmask, ubar)
         vbar += tl.sum(gbar, 0)
+    if HAS_UV:
+        vbar += _vec_m(gv_ptr, 0, pid, B, m, 0.0, BLOCK_M)
     return vbar
 
 
@@ -231,16 +205,17 @@ def _reverse_sweep(C_ptr, la_ptr, lb, us_ptr, vs_ptr, ubar_ptr, vbar, k, pid, B,
 
 
 @triton.jit
-def _adjoint_sweeps(C_ptr, la_ptr, lb_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B, n, m,
-                    n_iters, tau, HAS_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _adjoint_sweeps(C_ptr, la_ptr, lb_ptr, G_ptr, gu_ptr, gv_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B, n,
+                    m, n_iters, tau, HAS_G: tl.constexpr, HAS_UV: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_M: tl.constexpr):
     """All adjoint vectors: ubar_k into ubar[k-1] (L, B, n), vbar_k into vbar[k] (L+1, B, m).
 
     1 + L passes over C.  Returns grad_log_b = sum_{k>=1} vbar_k (BLOCK_M,).
     """
     cols = tl.arange(0, BLOCK_M)
     lb = tl.load(lb_ptr + pid.to(tl.int64) * m + cols, mask=cols < m, other=float("-inf"))
-    vbar = _terminal_sweep(C_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iters, tau,
-                           HAS_G, BLOCK_N, BLOCK_M)
+    vbar = _terminal_sweep(C_ptr, G_ptr, gu_ptr, gv_ptr, us_ptr, vs_ptr, ubar_ptr, pid, B, n, m, n_iters, tau,
+                           HAS_G, HAS_UV, BLOCK_N, BLOCK_M)
     tl.debug_barrier()
     _store_vec_m(vbar_ptr, n_iters, pid, B, m, vbar, BLOCK_M)
     grad_lb = vbar
@@ -296,14 +271,14 @@ def _sinkhorn_fwd_kernel(C_ptr, la_ptr, lb_ptr, v0_ptr, par_ptr, us_ptr, vs_ptr,
 
 
 @triton.jit
-def _sinkhorn_bwd_kernel(C_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, G_ptr, ubar_ptr, vbar_ptr,
+def _sinkhorn_bwd_kernel(C_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, G_ptr, gu_ptr, gv_ptr, ubar_ptr, vbar_ptr,
                          gC_ptr, gla_ptr, glb_ptr, B, n, m, n_iters,
-                         HAS_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+                         HAS_G: tl.constexpr, HAS_UV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     """grid (B,).  L + 2 passes over C (plus 2 over grad_P when given); writes n*m (grad_C) once."""
     pid = tl.program_id(0)
     tau = tl.load(par_ptr)
-    grad_lb = _adjoint_sweeps(C_ptr, la_ptr, lb_ptr, G_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B, n, m,
-                              n_iters, tau, HAS_G, BLOCK_N, BLOCK_M)
+    grad_lb = _adjoint_sweeps(C_ptr, la_ptr, lb_ptr, G_ptr, gu_ptr, gv_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid,
+                              B, n, m, n_iters, tau, HAS_G, HAS_UV, BLOCK_N, BLOCK_M)
     _store_vec_m(glb_ptr, 0, pid, B, m, grad_lb, BLOCK_M)
     cols = tl.arange(0, BLOCK_M)
     lb = tl.load(lb_ptr + pid.to(tl.int64) * m + cols, mask=cols < m, other=float("-inf"))
@@ -317,8 +292,9 @@ def _sinkhorn_bwd_kernel(C_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, G_ptr, 
 
 
 @triton.jit
-def _mesh_kernel(Cp_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, B, n, m,
-                 n_mesh_iters, n_iters, reuse_uv, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _mesh_kernel(Cp_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, trC_ptr, trV_ptr, B, n, m,
+                 n_mesh_iters, n_iters, reuse_uv, TRACE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_M: tl.constexpr):
     """grid (B,).  The whole MESH loop on C' (updated in place).  Per step: L forward passes, 1 + L adjoint
     passes, 1 norm pass (reads n*m), 1 update pass (reads and writes n*m): 2L + 3 reads of C', 1 write."""
     pid = tl.program_id(0)
@@ -334,12 +310,18 @@ def _mesh_kernel(Cp_ptr, la_ptr, lb_ptr, par_ptr, us_ptr, vs_ptr, ubar_ptr, vbar
         if reuse_uv != 0:
             if t > 0:
                 v0 = _vec_m(vs_ptr, n_iters, pid, B, m, float("-inf"), BLOCK_M)
+        if TRACE:  # this step's C' and warm start, for the warm-start backward: reads and writes n*m
+            _store_vec_m(trV_ptr, t, pid, B, m, v0, BLOCK_M)
+            for r0 in range(0, n, BLOCK_N):
+                s, offs, mask, rows, rmask, c = _load_s_tile(Cp_ptr, pid, r0, n, m, tau, BLOCK_N, BLOCK_M)
+                step_base = (t * B + pid).to(tl.int64) * n * m  # element pid of step t in (T, B, n, m)
+                tl.store(trC_ptr + step_base + (offs - pid.to(tl.int64) * n * m), c, mask=mask)
         tl.debug_barrier()
         _forward_sweeps(Cp_ptr, la_ptr, lb_ptr, us_ptr, vs_ptr, v0, pid, B, n, m, n_iters, tau,
                         BLOCK_N, BLOCK_M)
         tl.debug_barrier()
-        _adjoint_sweeps(Cp_ptr, la_ptr, lb_ptr, Cp_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B, n, m,
-                        n_iters, tau, False, BLOCK_N, BLOCK_M)
+        _adjoint_sweeps(Cp_ptr, la_ptr, lb_ptr, Cp_ptr, Cp_ptr, Cp_ptr, us_ptr, vs_ptr, ubar_ptr, vbar_ptr, pid, B,
+                        n, m, n_iters, tau, False, False, BLOCK_N, BLOCK_M)
         # Norm pass: streaming scaled sum of squares per column (as in BLAS nrm2), so ||g||^2 neither
         # overflows nor underflows.  Reads n*m + (2L + 1) n elements.
         run_max = tl.zeros([BLOCK_M], tau.dtype)
@@ -438,7 +420,7 @@ def launch_sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0, block_n=None):
     return us, vs
 
 
-def launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, block_n=None):
+def launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, grad_u=None, grad_v=None, block_n=None):
     """Launch `_sinkhorn_bwd_kernel`; see :func:`sinkhorn_bwd`.  ``block_n`` overrides the row tile (tests)."""
     B, n, m = _check(C, log_a, log_b, tau)
     if us.dim() != 3 or us.shape[0] < 1:
@@ -448,6 +430,12 @@ def launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, block_n=None):
     _check_vec("vs", vs, (n_iters + 1, B, m), C)
     if grad_P is not None:
         _check_vec("grad_P", grad_P, (B, n, m), C)
+    has_uv = grad_u is not None or grad_v is not None
+    if has_uv:
+        grad_u = torch.zeros_like(log_a) if grad_u is None else grad_u
+        grad_v = torch.zeros_like(log_b) if grad_v is None else grad_v
+        _check_vec("grad_u", grad_u, (B, n), C)
+        _check_vec("grad_v", grad_v, (B, m), C)
     grad_C = torch.empty_like(C)  # (B, n, m)
     grad_la = torch.empty_like(log_a)  # (B, n)
     grad_lb = torch.empty_like(log_b)  # (B, m)
@@ -457,78 +445,90 @@ def launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, block_n=None):
     ubar = torch.empty_like(us)  # (L, B, n) scratch: ubar_1..ubar_L
     block_n, block_m, num_warps = _blocks(n, m, C.dtype, block_n)
     _sinkhorn_bwd_kernel[(B,)](C, log_a, log_b, _params(C, tau), us, vs, C if grad_P is None else grad_P,
+                               grad_u if has_uv else log_a, grad_v if has_uv else log_b,
                                ubar, vbar, grad_C, grad_la, grad_lb, B, n, m, n_iters,
-                               HAS_G=grad_P is not None, BLOCK_N=block_n, BLOCK_M=block_m,
+                               HAS_G=grad_P is not None, HAS_UV=has_uv, BLOCK_N=block_n, BLOCK_M=block_m,
                                num_warps=num_warps)
     return grad_C, grad_la, grad_lb, vbar[0]
 
 
-def launch_mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters, lr, reuse_uv,
-                    block_n=None):
+def launch_mesh_fwd(C, log_a, log_b, noise, params, trace=False, block_n=None):
     """Launch `_mesh_kernel` once for the whole MESH loop; see :func:`mesh_fwd`."""
-    B, n, m = _check(C, log_a, log_b, tau)
+    B, n, m = _check(C, log_a, log_b, params.tau)
     _check_vec("noise", noise, (B, n, m), C)
-    if not isinstance(n_mesh_iters, int) or n_mesh_iters < 1:
-        raise ValueError(f"n_mesh_iters must be an int >= 1, got {n_mesh_iters!r}")
-    if not isinstance(n_sh_iters, int) or n_sh_iters < 1:
-        raise ValueError(f"n_sh_iters must be an int >= 1, got {n_sh_iters!r}")
-    for name, x in (("lr", lr), ("noise_scale", noise_scale)):
+    T, L = params.n_mesh_iters, params.n_sh_iters
+    for name, x in (("n_mesh_iters", T), ("n_sh_iters", L)):
+        if not isinstance(x, int) or x < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {x!r}")
+    for name, x in (("lr", params.lr), ("noise_scale", params.noise_scale)):
         if not isinstance(x, (int, float)) or not (abs(x) < float("inf")):
             raise ValueError(f"{name} must be a finite number, got {x!r}")
-    C_t = C + noise_scale * noise  # (B, n, m): C'_0, then updated in place by the kernel
-    us = torch.empty((n_sh_iters, B, n), dtype=C.dtype, device=C.device)  # (L, B, n)
-    vs = torch.empty((n_sh_iters + 1, B, m), dtype=C.dtype, device=C.device)  # (L+1, B, m)
+    C_t = C + params.noise_scale * noise  # (B, n, m): C'_0, then updated in place by the kernel
+    us = torch.empty((L, B, n), dtype=C.dtype, device=C.device)  # (L, B, n)
+    vs = torch.empty((L + 1, B, m), dtype=C.dtype, device=C.device)  # (L+1, B, m)
+    tr = MeshTrace(C.new_empty(T, B, n, m), C.new_empty(T, B, m)) if trace else None
     if B == 0:
-        return C_t, us[0].clone(), vs[0].clone()
-    ubar = torch.empty_like(us)
-    vbar = torch.empty_like(vs)
+        return C_t, us[0].clone(), vs[0].clone(), tr
     block_n, block_m, num_warps = _blocks(n, m, C.dtype, block_n)
-    _mesh_kernel[(B,)](C_t, log_a, log_b, _params(C, tau, lr, torch.finfo(C.dtype).tiny), us, vs, ubar, vbar,
-                       B, n, m, n_mesh_iters, n_sh_iters, int(bool(reuse_uv)),
+    _mesh_kernel[(B,)](C_t, log_a, log_b, _params(C, params.tau, params.lr, torch.finfo(C.dtype).tiny), us, vs,
+                       torch.empty_like(us), torch.empty_like(vs), tr.C if trace else C_t, tr.v0 if trace else vs,
+                       B, n, m, T, L, int(bool(params.reuse_uv)), TRACE=bool(trace),
                        BLOCK_N=block_n, BLOCK_M=block_m, num_warps=num_warps)
-    return C_t, us[-1].clone(), vs[-1].clone()
+    return C_t, us[-1].clone(), vs[-1].clone(), tr
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Backend contract.
 # ---------------------------------------------------------------------------------------------------------
-def sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0):
+def sinkhorn_fwd(C, log_a, log_b, v0, tau, n_iters, want_plan=False):
     """Unrolled log-domain Sinkhorn, recording every iterate.
 
     Args:
         C: (B, n, m) costs.  log_a: (B, n), log_b: (B, m) log marginals (-inf for zero entries).
-        tau: float > 0.  n_iters: int L >= 1.  v0: (B, m) warm start (zeros when cold).
+        v0: (B, m) warm start (zeros when cold).  tau: float > 0.  n_iters: int L >= 1.
 
     Returns:
-        us (L, B, n) = u_1..u_L and vs (L + 1, B, m) = v_0..v_L; the plan is exp(-C/tau + u_L + v_L).
+        us (L, B, n) = u_1..u_L, vs (L + 1, B, m) = v_0..v_L, the plan exp(-C/tau + u_L + v_L) if
+        ``want_plan`` (else None), and None (no status: values are checked before).
     """
-    return launch_sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0)
+    us, vs = launch_sinkhorn_fwd(C, log_a, log_b, tau, n_iters, v0)
+    P = torch.div(C, -tau).add_(us[-1][:, :, None]).add_(vs[-1][:, None, :]).exp_() if want_plan else None
+    return us, vs, P, None
 
 
-def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P):
-    """Backward of P = exp(-C/tau + u_L + v_L) through the iterations recorded by :func:`sinkhorn_fwd`.
+def sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, grad_u=None, grad_v=None):
+    """Backward of P = exp(-C/tau + u_L + v_L) and of (u_L, v_L) through the iterations of :func:`sinkhorn_fwd`.
 
     Args:
         C: (B, n, m), log_a: (B, n), log_b: (B, m), tau: as given to the forward.
         us: (L, B, n), vs: (L + 1, B, m) from :func:`sinkhorn_fwd`.
         grad_P: (B, n, m) upstream gradient, or None for that of sum_batch H(P), H = -sum P log P.
+        grad_u: (B, n), grad_v: (B, m) upstream gradients of u_L, v_L, or None.
 
     Returns:
         grad_C (B, n, m), grad_log_a (B, n), grad_log_b (B, m), grad_v0 (B, m); finite, 0 at zero marginals.
     """
-    return launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P)
+    return launch_sinkhorn_bwd(C, log_a, log_b, tau, us, vs, grad_P, grad_u, grad_v)
 
 
-def mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters, lr, reuse_uv):
+def mesh_fwd(C, log_a, log_b, noise, params, trace=False):
     """MESH (Eq. 9-12) in one kernel launch, no autograd.
 
     Args:
-        C: (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals; tau > 0.
-        noise: (B, n, m) standard normal; C'_0 = C + noise_scale * noise.
-        n_mesh_iters: T >= 1 gradient steps of size lr on the entropy, each through n_sh_iters Sinkhorn
-            iterations warm-started from the previous step's v when reuse_uv (cold otherwise).
+        C: (B, n, m) costs; log_a (B, n), log_b (B, m) log marginals; noise: (B, n, m) standard normal;
+        params: ``kernels.MeshParams``; trace: also record every step's C' and warm start.
 
     Returns:
-        C_T (B, n, m), and u (B, n), v (B, m) = u_L, v_L of the last step's Sinkhorn.
+        C_T (B, n, m), u (B, n), v (B, m) = u_L, v_L of the last step's Sinkhorn, None (no status), and the
+        ``MeshTrace`` or None.
     """
-    return launch_mesh_fwd(C, log_a, log_b, tau, noise, noise_scale, n_mesh_iters, n_sh_iters, lr, reuse_uv)
+    C_t, u, v, tr = launch_mesh_fwd(C, log_a, log_b, noise, params, trace)
+    return C_t, u, v, None, tr
+
+
+def mesh_bwd(trace, log_a, log_b, params, grad_u, grad_v):
+    """MESH's warm-start gradient (``kernels.torch_ot.chain_mesh_bwd``) with these kernels' Sinkhorn."""
+    return chain_mesh_bwd(sinkhorn_fwd, sinkhorn_bwd, trace, log_a, log_b, params, grad_u, grad_v)
+
+
+BACKEND = Backend(sinkhorn_fwd, sinkhorn_bwd, mesh_fwd, mesh_bwd, validates=False, device=None)

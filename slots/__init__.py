@@ -5,8 +5,10 @@ Conventions: inputs x (B, n, input_dim), slots (B, n_slots, dim); attention plan
 rows = inputs and columns = slots, as in ``kernels``. Images (B, C, H, W) in [-1, 1] for the
 object-discovery autoencoder of ``slots.vision``.
 """
-from .attention import ATTENTION_VARIANTS, COSTS, SLOT_INITS, OTConfig, SlotAttention, SlotAttentionConfig
+from .attention import (ATTENTION_VARIANTS, COSTS, MESH_OBJECTIVES, SLOT_INITS, OTConfig, SlotAttention,
+                        SlotAttentionConfig)
 from .losses import hungarian_huber_loss, hungarian_match, hungarian_mse_loss, pairwise_huber, pairwise_mse
+from .mesh_variants import LearnedObjective, MeshVariant, PairSimilarity, entropy_objective, mesh_autograd
 from .metrics import (
     CLEVR_AP_THRESHOLDS,
     clevr_average_precision,
@@ -37,6 +39,12 @@ __all__ = [
     "ATTENTION_VARIANTS",
     "COSTS",
     "SLOT_INITS",
+    "MESH_OBJECTIVES",
+    "mesh_autograd",
+    "entropy_objective",
+    "LearnedObjective",
+    "PairSimilarity",
+    "MeshVariant",
     "hungarian_mse_loss",
     "hungarian_huber_loss",
     "hungarian_match",

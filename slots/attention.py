@@ -15,17 +15,23 @@ Variants (picked from ``ATTENTION_VARIANTS``, a table of functions):
                gradient of its own; the Sinkhorn gradient stands in for it.
     "sa-mesh": C' = MESH(C) (Eq. 9, 11-12) and A = sinkhorn(C', a, b), warm-started from the potentials
                of MESH's last step (Eq. 10, App. D). The noise of MESH is drawn once per forward call and
-               shared by all iterations, as in the official code.
+               shared by all iterations, as in the official code. Its appendix variants (a learned step
+               size, the learned objective of App. I, the similarity regulariser of App. B; ``OTConfig``)
+               run the MESH steps of ``slots.mesh_variants`` instead of the fused kernel.
 
 Costs (``COSTS``): "l2" is the Euclidean distance ||k - q|| (not squared; this is what the official code
 computes with ``torch.cdist``, although Sec. 3 writes "e.g. L2 norm^2"); "l2sq" is its square (with
 exact Sinkhorn, its |k|^2 and |q|^2 terms are absorbed by the potentials, leaving -2 k.q: Sander et al.,
 2022); "cosine" is 1 - cos(k, q); "dot" is -k.q / sqrt(dim).
 
+Cost scale (``OTConfig.cost_scale``, the official code's ``scale_cost``): every variant's cost is
+multiplied by it before the plan is computed (for "sa" the logits are -cost_scale * C / tau).
+
 Marginals (App. A; OT variants only). The paper writes the cost as (m x n) with a on the slots; here rows
-are inputs, so a (B, n) is on the inputs and b (B, m) on the slots: a = m * softmax_i(h_a(LN(x_i))),
-b = m * softmax_j(h_b(LN(z_j))) with h_a, h_b two-layer MLPs to a scalar, so a.sum() == b.sum() == m.
-With ``learned_marginals=False`` they are uniform: a_i = m / n, b_j = 1.
+are inputs, so a (B, n) is on the inputs and b (B, m) on the slots: a = s * softmax_i(h_a(LN(x_i))),
+b = s * softmax_j(h_b(LN(z_j))) with h_a, h_b two-layer MLPs to a scalar, so a.sum() == b.sum() == s, the
+marginal mass: ``OTConfig.marginal_scale`` (the official ``scale_marginals``), m = n_slots by default.
+With ``learned_marginals=False`` they are uniform: a_i = s / n, b_j = s / m.
 
 Normalizing OT plans over the inputs (``OTConfig.normalize_plan``, default True). The plan's column j sums
 to b_j (2 b_j for "sa-emd"); by default every column is divided by its sum (after adding eps, as SA does)
@@ -48,10 +54,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.exact import emd_attention
-from kernels.ot import mesh, sinkhorn
+from kernels import BACKENDS, emd_attention, sinkhorn
+from kernels.mesh import mesh
 
-__all__ = ["OTConfig", "SlotAttentionConfig", "SlotAttention", "COSTS", "ATTENTION_VARIANTS", "SLOT_INITS"]
+from .mesh_variants import MeshVariant
+
+__all__ = ["OTConfig", "SlotAttentionConfig", "SlotAttention", "COSTS", "ATTENTION_VARIANTS", "SLOT_INITS",
+           "MESH_OBJECTIVES"]
+
+MESH_OBJECTIVES = ("entropy", "learned")
 
 
 def _check_positive_int(name: str, value, minimum: int = 1) -> None:
@@ -72,6 +83,8 @@ class OTConfig:
 
     Attributes:
         n_sh_iters: Sinkhorn iterations (row then column rescaling) per plan.
+        cost_scale: factor on the cost of every variant, "sa" included (the official ``scale_cost``).
+        marginal_scale: total mass of each marginal (the official ``scale_marginals``); None is n_slots.
         tau: entropic temperature of Sinkhorn, exp(-C / tau). "sa" also divides its logits by tau.
         mesh_iters: MESH gradient steps on the cost (T in Eq. 11); 0 leaves only the noise.
         mesh_lr: MESH step size (lambda in Eq. 11) on the per-element normalized gradient.
@@ -81,12 +94,27 @@ class OTConfig:
         learned_marginals: learned marginals of App. A; False gives uniform ones of equal mass.
         normalize_plan: divide each column of the plan by its sum before the weighted mean of values
             (True, as SA does) or use the raw plan (False, as the official code does).
+        warm_start_grad: MESH's potentials carry the official code's gradient back through every MESH step
+            (``kernels.mesh``'s ``warm_start_grad``); False treats them as constants.
         backend: OT backend (``kernels.sinkhorn``'s ``backend``): None picks Triton on CUDA and the
-            fused C++ loops on CPU; "torch" the plain PyTorch path; "cpp", "compile" (the PyTorch path
-            under torch.compile) and "triton" force theirs.
+            fused C++ loops on CPU, or one of ``kernels.BACKENDS`` ("torch" the plain PyTorch path).
+        learn_mesh_lr: "sa-mesh" only: the step size is a learned parameter starting at ``mesh_lr`` (the
+            official code's ``learn_mesh_lr``). With ``straight_through`` it gets the first-order gradient
+            -sum_t g_t / ||g_t|| (each step's gradient a constant, as in the official code).
+        mesh_objective: "sa-mesh" only: "entropy" (Eq. 9) or "learned" (App. I: a scalar 2-layer MLP with
+            32 hidden units applied to every entry of the plan and summed); "learned" needs
+            ``straight_through=False``, since the MLP acts on MESH's output only through its gradient steps.
+        similarity_alpha: "sa-mesh" only: alpha of App. B, Eq. 13, the weight of ||P' S - sinkhorn(C)||^2
+            with S the column softmax of a learned network g on pairs of slots; 0 (default) turns it off.
+            > 0 needs ``straight_through=False`` (g is learned through the gradient steps).
+
+    The last three turn on ``slots.mesh_variants`` (plain autograd MESH steps, no fused kernel; the
+    ``backend`` then applies to the final Sinkhorn only).
     """
 
     n_sh_iters: int = 5
+    cost_scale: float = 1.0
+    marginal_scale: float | None = None
     tau: float = 1.0
     mesh_iters: int = 4
     mesh_lr: float = 8.0
@@ -95,20 +123,44 @@ class OTConfig:
     straight_through: bool = True
     learned_marginals: bool = True
     normalize_plan: bool = True
+    warm_start_grad: bool = False
     backend: str | None = None
+    learn_mesh_lr: bool = False
+    mesh_objective: str = "entropy"
+    similarity_alpha: float = 0.0
 
     def __post_init__(self):
         _check_positive_int("OTConfig.n_sh_iters", self.n_sh_iters)
         _check_positive_int("OTConfig.mesh_iters", self.mesh_iters, minimum=0)
         _check_positive_float("OTConfig.tau", self.tau)
+        _check_positive_float("OTConfig.cost_scale", self.cost_scale)
+        if self.marginal_scale is not None:
+            _check_positive_float("OTConfig.marginal_scale", self.marginal_scale)
         _check_positive_float("OTConfig.mesh_lr", self.mesh_lr, allow_zero=True)
         _check_positive_float("OTConfig.noise_scale", self.noise_scale, allow_zero=True)
-        for name in ("reuse_uv", "straight_through", "learned_marginals", "normalize_plan"):
+        _check_positive_float("OTConfig.similarity_alpha", self.similarity_alpha, allow_zero=True)
+        for name in ("reuse_uv", "straight_through", "learned_marginals", "normalize_plan", "warm_start_grad",
+                     "learn_mesh_lr"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"OTConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.backend not in (None, "torch", "cpp", "compile", "triton"):
-            raise ValueError(
-                f"OTConfig.backend must be None, 'torch', 'cpp', 'compile' or 'triton', got {self.backend!r}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"OTConfig.backend must be None or one of {', '.join(map(repr, BACKENDS))}, "
+                             f"got {self.backend!r}")
+        if self.mesh_objective not in MESH_OBJECTIVES:
+            raise ValueError(f"OTConfig.mesh_objective must be one of {MESH_OBJECTIVES}, got {self.mesh_objective!r}")
+        if self.learn_mesh_lr and self.mesh_lr == 0:
+            raise ValueError("OTConfig.learn_mesh_lr needs mesh_lr > 0 (the learned step size starts there, "
+                             "in log space)")
+        if self.straight_through and (self.mesh_objective == "learned" or self.similarity_alpha > 0):
+            raise ValueError("OTConfig.mesh_objective='learned' and similarity_alpha > 0 need straight_through=False: "
+                             "their networks act on MESH's output only through its gradient steps")
+        if self.warm_start_grad and self.mesh_variant():
+            raise ValueError("OTConfig.warm_start_grad applies to the fused MESH; the appendix variants "
+                             "(learn_mesh_lr, mesh_objective, similarity_alpha) run their own autograd steps")
+
+    def mesh_variant(self) -> bool:
+        """Whether an appendix variant of MESH (``slots.mesh_variants``) is on."""
+        return self.learn_mesh_lr or self.mesh_objective != "entropy" or self.similarity_alpha > 0
 
 
 @dataclass
@@ -157,6 +209,9 @@ class SlotAttentionConfig:
             self.ot = OTConfig(**self.ot)
         if not isinstance(self.ot, OTConfig):
             raise ValueError(f"ot must be an OTConfig or a dict of its fields, got {type(self.ot).__name__}")
+        if self.ot.mesh_variant() and self.variant != "sa-mesh":
+            raise ValueError(f"OTConfig.learn_mesh_lr, mesh_objective and similarity_alpha are options of 'sa-mesh', "
+                             f"not of {self.variant!r}")
 
     def to_dict(self) -> dict:
         """Plain nested dict (JSON-serializable); ``SlotAttentionConfig(**d)`` restores it."""
@@ -242,7 +297,7 @@ def _plan_emd(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
 def _plan_mesh(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
     C2, u, v = mesh(C, a, b, n_mesh_iters=ot.mesh_iters, n_sh_iters=ot.n_sh_iters, lr=ot.mesh_lr, noise=noise,
                     noise_scale=ot.noise_scale, reuse_uv=ot.reuse_uv, tau=ot.tau,
-                    straight_through=ot.straight_through, backend=ot.backend)
+                    straight_through=ot.straight_through, warm_start_grad=ot.warm_start_grad, backend=ot.backend)
     P, _, _ = sinkhorn(C2, a, b, n_iters=ot.n_sh_iters, tau=ot.tau, u=u, v=v, backend=ot.backend)
     return P
 
@@ -380,6 +435,7 @@ class SlotAttention(nn.Module):
         if self._variant.is_ot and config.ot.learned_marginals:
             self.input_marginal = _scalar_mlp(d_in, hidden)
             self.slot_marginal = _scalar_mlp(d, hidden)
+        self.mesh_variant = MeshVariant(config.ot, d, hidden) if config.ot.mesh_variant() else None
         if config.init in ("learned", "equal"):
             self.slots_mu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, 1, d)))
         if config.init == "learned":
@@ -388,19 +444,25 @@ class SlotAttention(nn.Module):
             self.slots_init = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, config.n_slots, d)))
 
     # -----------------------------------------------------------------------------------------------
+    def _marginal_mass(self) -> float:
+        """The total mass s of each marginal: OTConfig.marginal_scale, or n_slots."""
+        scale = self.config.ot.marginal_scale
+        return float(self.config.n_slots) if scale is None else float(scale)
+
     def _input_marginal(self, x: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
-        """a (B, n), summing to n_slots, from the marginal network's outputs h_a (B, n), or uniform when
-        ``logits`` is None. x (B, n, .) gives shape, dtype and device."""
-        m = self.config.n_slots
+        """a (B, n), summing to the marginal mass, from the marginal network's outputs h_a (B, n), or uniform
+        when ``logits`` is None. x (B, n, .) gives shape, dtype and device."""
+        mass = self._marginal_mass()
         if logits is None:
-            return x.new_full(x.shape[:2], m / x.shape[1])
-        return m * torch.softmax(logits, dim=1)
+            return x.new_full(x.shape[:2], mass / x.shape[1])
+        return mass * torch.softmax(logits, dim=1)
 
     def _slot_marginal(self, zn: torch.Tensor) -> torch.Tensor:
-        """zn (B, m, dim) normalized slots -> b (B, m), summing to n_slots."""
+        """zn (B, m, dim) normalized slots -> b (B, m), summing to the marginal mass."""
+        mass = self._marginal_mass()
         if self.config.ot.learned_marginals:
-            return self.config.n_slots * torch.softmax(self.slot_marginal(zn).squeeze(2), dim=1)
-        return zn.new_ones(zn.shape[:2])
+            return mass * torch.softmax(self.slot_marginal(zn).squeeze(2), dim=1)
+        return zn.new_full(zn.shape[:2], mass / zn.shape[1])
 
     def marginals(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The OT marginals (App. A) for inputs and slots.
@@ -409,7 +471,8 @@ class SlotAttention(nn.Module):
             x: (B, n, input_dim) inputs. slots: (B, n_slots, dim) slots.
 
         Returns:
-            a (B, n) on the inputs and b (B, n_slots) on the slots, each summing to n_slots.
+            a (B, n) on the inputs and b (B, n_slots) on the slots, each summing to the marginal mass
+            (``OTConfig.marginal_scale``, n_slots by default).
 
         Raises:
             ValueError for the "sa" variant (it has no marginals) or bad shapes.
@@ -477,8 +540,13 @@ class SlotAttention(nn.Module):
         zn = self.norm_slots(slots)
         q = self.to_q(zn)  # (B, m, dim)
         C = self._cost(k, q)  # (B, n, m): rows are inputs, columns are slots
+        if cfg.ot.cost_scale != 1:
+            C = C * cfg.ot.cost_scale
         b = self._slot_marginal(zn) if self._variant.is_ot else None  # (B, m)
-        plan = self._variant.plan(C, a, b, noise, cfg.ot)  # (B, n, m)
+        if self.mesh_variant is not None:  # App. B / App. I / learned step size
+            plan = self.mesh_variant(C, a, b, noise, zn)  # (B, n, m)
+        else:
+            plan = self._variant.plan(C, a, b, noise, cfg.ot)  # (B, n, m)
         if self._variant.is_ot and not cfg.ot.normalize_plan:
             weights = plan
         else:

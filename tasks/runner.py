@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+import kernels
 from slots.train import (METRICS_NAME, RESULTS_NAME, CheckpointError, TrainConfig, TrainingInterrupted,
                          check_resumable, dist_info, is_main_process, seed_everything, train)
 
@@ -47,7 +48,7 @@ from .pool import cores, run_jobs
 __all__ = ["Metric", "Budget", "Task", "Experiment", "run", "format_table", "build_parser", "experiment_from_args",
            "main", "require_one_batch", "BACKENDS"]
 
-BACKENDS = ("auto", "torch", "cpp", "compile", "triton")
+BACKENDS = ("auto", *kernels.BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,8 @@ def run(task: Task, exp: Experiment) -> dict:
 
     Raises:
         ValueError / CheckpointError before anything is trained or written if a run folder cannot be used
-        (a file in the way, an existing run without ``resume``, an unreadable or foreign checkpoint or result).
+        (a file in the way, an existing run without ``resume``, an unreadable or foreign checkpoint or result)
+        or the task's ``prepare`` or ``load_test`` finds bad input.
     """
     _check_out(exp.out)
     unknown = [v for v in exp.variants if v not in task.variants]
@@ -444,16 +446,20 @@ def _fmt_ours(cell: dict, metric: Metric) -> str:
 
 
 def format_table(task: Task, summary: dict) -> str:
-    """The markdown table of a summary from :func:`run`: our figures and the paper's side by side."""
+    """The markdown table of a summary from :func:`run`: our figures and the paper's side by side (with several
+    metrics, a metric without any figure of the paper has no paper column)."""
     single = len(task.metrics) == 1
     head = task.headline
     label = summary["paper_label"]
     has_time = any(r["time_vs"] is not None for r in summary["rows"])
     has_paper_time = any(r.get("paper_time_h") is not None for r in summary["rows"])
+    entries = [r["metrics"] for r in summary["rows"]] + [b["metrics"] for b in summary["baselines"].values()]
+    in_paper = {m.key: single or any(e[m.key]["paper"] is not None for e in entries) for m in task.metrics}
     if single:
         metric_cols = ["ours", f"paper ({label})", "ours per seed"]
     else:
-        metric_cols = [c for m in task.metrics for c in (f"ours {m.label}", f"paper {m.label}")]
+        metric_cols = [c for m in task.metrics
+                       for c in (f"ours {m.label}", f"paper {m.label}")[:1 + in_paper[m.key]]]
         metric_cols.append(f"ours per seed ({head.label})")
     time_cols = [f"time vs {task.variants[task.time_vs]}"] if has_time else []
     if has_paper_time:
@@ -464,7 +470,8 @@ def format_table(task: Task, summary: dict) -> str:
         lines.insert(1, f"\nThe paper's figures: {label}.")
 
     def cells(metrics: dict) -> list[str]:
-        return [c for m in task.metrics for c in (_fmt_ours(metrics[m.key], m), _fmt_paper(metrics[m.key]["paper"], m))]
+        return [c for m in task.metrics
+                for c in (_fmt_ours(metrics[m.key], m), _fmt_paper(metrics[m.key]["paper"], m))[:1 + in_paper[m.key]]]
 
     for r in summary["rows"]:
         seeds = ", ".join(format(x, head.fmt) for x in r["metrics"][head.key]["per_seed"])

@@ -33,7 +33,7 @@ def load_clevrer(variant: str = "S", split: str = "train", data_dir: str | Path 
         cache_dir: cache folder (default: $SA_MESH_CACHE or ~/.cache/sa-mesh).
         workers: generator processes (the result does not depend on it).
         progress: show progress bars.
-        real_kwargs: passed on to ``load_clevrer_real`` (size, crop, min_score, use_cache).
+        real_kwargs: passed on to ``load_clevrer_real`` (size, crop, min_score, use_cache, video_ids).
 
     Returns:
         SceneData with images uint8 (N, 2, 3, 64, 64) and masks uint8 (N, 2, 64, 64).

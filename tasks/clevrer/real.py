@@ -22,6 +22,11 @@ Expected layout under ``data_dir`` (that of the CLEVRER downloads)::
     derender_proposals/proposal_NNNNN.json
     annotation_<split>/annotation_XXXXX-YYYYY/annotation_NNNNN.json   (optional)
 
+Splits: by default every video found under ``video_<split>/``; ``video_ids`` picks exactly the listed videos
+(each must exist). ``official_video_ids(split)`` gives the official MESH configuration's splits: train
+videos 0-9,999 without 7,648 and 9,777 (shorter than 128 frames), validation 10,000-10,319, test
+15,000-19,999.
+
 Frames are resized to ``size`` (bilinear with antialiasing for images, nearest for masks), optionally after a
 centre square crop; the default, 64x64 without crop, squeezes the 480x320 frames (aspect ratio not kept), so
 that objects entering at the left/right edges stay in view. The result is cached, keyed by the folder's path,
@@ -33,8 +38,10 @@ the whole prefix of each video up to the last wanted frame is decoded (no seekin
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -42,14 +49,26 @@ from tqdm import tqdm
 from ..scenes.cache import cached
 from ..scenes.records import DataFormatError, MissingDataError, SceneData, require_dir
 
-__all__ = ["VARIANT_FRAMES", "SPLIT_ALIASES", "READER_VERSION", "rle_decode", "rle_encode",
-           "read_video_frames", "load_clevrer_real"]
+__all__ = ["VARIANT_FRAMES", "SPLIT_ALIASES", "READER_VERSION", "OFFICIAL_SPLITS", "official_video_ids",
+           "rle_decode", "rle_encode", "read_video_frames", "load_clevrer_real"]
 
 # variant -> 0-based indices of the two frames (the paper's frames 1 and 16, or 1 and 128).
 VARIANT_FRAMES = {"S": (0, 15), "L": (0, 127)}
 SPLIT_ALIASES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 READER_VERSION = "1"
+# split -> (first video index, end (exclusive), indices left out): the official MESH configuration's splits
+# (config/data/clevrer_{s,l}.yaml); 7648 and 9777 are shorter than 128 frames.
+OFFICIAL_SPLITS = {"train": (0, 10_000, (7648, 9777)), "validation": (10_000, 10_320, ()),
+                   "test": (15_000, 20_000, ())}
 _ATTRS = ("color", "material", "shape")
+
+
+def official_video_ids(split: str) -> list[int]:
+    """Video indices of an official split ("train", "validation" / "val" or "test"), in order."""
+    if split not in SPLIT_ALIASES:
+        raise ValueError(f"split must be one of {sorted(SPLIT_ALIASES)}, got {split!r}")
+    start, end, left_out = OFFICIAL_SPLITS[SPLIT_ALIASES[split]]
+    return [i for i in range(start, end) if i not in left_out]
 
 
 # ---- COCO run-length encoding ------------------------------------------------------------------------------
@@ -211,9 +230,14 @@ def _annotated_ids(path: Path | None) -> tuple[dict[tuple, int], int]:
 
 
 def _masks_for_pair(proposal_path: Path, annotation_path: Path | None, frames: tuple[int, int],
-                    shape_hw: tuple[int, int], min_score: float) -> np.ndarray:
-    """Index masks uint8 (2, H, W) with identities shared by the two frames."""
+                    shape_hw: tuple[int, int], min_score: float, video: Path) -> np.ndarray:
+    """Index masks uint8 (2, H, W) with identities shared by the two frames of ``video``."""
     proposal = _load_json(proposal_path)
+    index = int(video.stem[len("video_"):])
+    if not isinstance(proposal, dict):
+        raise DataFormatError(f"{proposal_path}: not a JSON object")
+    if "video_index" in proposal and proposal["video_index"] != index:
+        raise DataFormatError(f"{proposal_path}: proposals of video {proposal['video_index']!r}, not of {video}")
     annotated, max_id = _annotated_ids(annotation_path)
     next_free = max_id + 2  # indices 1..max_id+1 belong to the annotated objects
     first_seen: dict[tuple, int] = {}
@@ -234,7 +258,7 @@ def _masks_for_pair(proposal_path: Path, annotation_path: Path | None, frames: t
                 raise DataFormatError(f"{proposal_path}: frame {frame} object {j}: {e}") from e
             if m.shape != tuple(shape_hw):
                 raise DataFormatError(f"{proposal_path}: frame {frame} object {j} mask is {m.shape[0]}x"
-                                      f"{m.shape[1]}, the video frame is {shape_hw[0]}x{shape_hw[1]}")
+                                      f"{m.shape[1]}, the frame of {video} is {shape_hw[0]}x{shape_hw[1]}")
             dets.append((score, j, tuple(str(o[a]) for a in _ATTRS), m))
         # Identity: the highest-scoring detection of an attribute set takes that set's index.
         taken = set()
@@ -288,7 +312,7 @@ def _index_files(folder: Path, prefix: str, suffix: str) -> dict[int, Path]:
 def load_clevrer_real(data_dir: str | Path, variant: str = "S", split: str = "train",
                       size: tuple[int, int] | None = (64, 64), crop: bool = False, max_videos: int | None = None,
                       min_score: float = 0.5, cache_dir: str | Path | None = None, use_cache: bool = True,
-                      progress: bool = True) -> SceneData:
+                      progress: bool = True, video_ids: Sequence[int] | None = None) -> SceneData:
     """CLEVRER-S or CLEVRER-L from the real CLEVRER files (layout in the module docstring).
 
     Args:
@@ -297,17 +321,20 @@ def load_clevrer_real(data_dir: str | Path, variant: str = "S", split: str = "tr
         split: "train", "validation" (or "val") or "test".
         size: output (height, width); None keeps the native 320x480.
         crop: centre-crop each frame to a square before resizing.
-        max_videos: read only the first this-many videos of the split (by video index).
+        max_videos: read only the first this-many videos of the split (by video index, or of ``video_ids``).
         min_score: drop mask proposals with a lower detection score.
         cache_dir, use_cache: the result is cached unless ``use_cache`` is False.
         progress: show a progress bar.
+        video_ids: read exactly these videos (e.g. ``official_video_ids(split)``); None: every video of the
+            split's folder.
 
     Returns:
         SceneData with images uint8 (N, 2, 3, h, w), masks uint8 (N, 2, h, w) (0 = background, an object has
         the same index in both frames), ids ``video_NNNNN``, and meta holding the frame indices.
 
     Raises:
-        MissingDataError naming the missing folder or file; DataFormatError naming the file for bad data.
+        MissingDataError naming the missing folder or file; DataFormatError naming the file for bad data (a
+        video with fewer frames than the variant needs, proposals of another video or frame size).
     """
     if variant not in VARIANT_FRAMES:
         raise ValueError(f"variant must be one of {sorted(VARIANT_FRAMES)}, got {variant!r}")
@@ -326,7 +353,16 @@ def load_clevrer_real(data_dir: str | Path, variant: str = "S", split: str = "tr
     videos = _index_files(video_dir, "video_", ".mp4")
     if not videos:
         raise MissingDataError(f"CLEVRER {split} videos: no video_NNNNN.mp4 files under {video_dir}")
-    chosen = sorted(videos)[:max_videos] if max_videos else sorted(videos)
+    if video_ids is None:
+        chosen = sorted(videos)
+    else:
+        chosen = [int(i) for i in video_ids]
+        absent = [i for i in chosen[:max_videos] if i not in videos]
+        if absent:
+            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+            raise MissingDataError(f"CLEVRER {split} videos: video_{absent[0]:05d}.mp4{more} not found under "
+                                   f"{video_dir}")
+    chosen = chosen[:max_videos] if max_videos else chosen
     annotations = _index_files(ann_dir, "annotation_", ".json") if ann_dir.is_dir() else {}
 
     def build() -> dict[str, np.ndarray]:
@@ -336,7 +372,7 @@ def load_clevrer_real(data_dir: str | Path, variant: str = "S", split: str = "tr
             if not prop.is_file():
                 raise MissingDataError(f"CLEVRER mask proposals: file {prop} does not exist (for {videos[idx]})")
             rgb = read_video_frames(videos[idx], frames)  # (2, H, W, 3)
-            m = _masks_for_pair(prop, annotations.get(idx), frames, rgb.shape[1:3], min_score)
+            m = _masks_for_pair(prop, annotations.get(idx), frames, rgb.shape[1:3], min_score, videos[idx])
             img, msk = _resize(rgb, m, size, crop)
             images.append(img)
             masks.append(msk)
@@ -351,6 +387,7 @@ def load_clevrer_real(data_dir: str | Path, variant: str = "S", split: str = "tr
                    "bytes": int(sum(p.stat().st_size for p in files)),
                    "proposals_mtime_ns": prop_dir.stat().st_mtime_ns, "annotations": len(annotations)}
     params = {"data": fingerprint, "variant": variant, "split": split, "size": list(size) if size else None,
-              "crop": crop, "max_videos": max_videos, "min_score": min_score}
+              "crop": crop, "max_videos": max_videos, "min_score": min_score,
+              "videos_sha1": hashlib.sha1(",".join(map(str, chosen)).encode()).hexdigest()}
     arrays = cached(f"clevrer-real-{variant}-{split}", params, READER_VERSION, build, cache_dir)
     return SceneData.from_arrays(arrays, meta=meta)

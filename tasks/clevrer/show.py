@@ -1,24 +1,62 @@
-"""Write a PNG grid of CLEVRER-S/L pairs with their masks overlaid: ``python -m tasks.clevrer.show``.
+"""Pictures of CLEVRER-S/L: ``python -m tasks.clevrer.show``.
 
-Each row shows frame 1 | its masks | frame 16 or 128 | its masks; an object keeps its colour across the two
-frames. Uses the generator unless ``--data-dir`` points at the real CLEVRER folder.
+Without ``--run``: a PNG grid of data pairs with their masks overlaid; each row shows frame 1 | its masks |
+frame 16 or 128 | its masks, and an object keeps its colour across the two frames. Uses the generator unless
+``--data-dir`` points at the real CLEVRER folder.
+
+With ``--run DIR`` (a run folder of ``python -m tasks.clevrer``, ``<out>/<variant>/seed<s>``): redraws that
+run's ``pictures.png`` from its checkpoint (``tasks.clevrer.pictures``: frames, reconstructions, ground truth
+and every slot's alpha mask, a slot in the same colour in both frames), with the run's own data options.
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
+from pathlib import Path
 
 from ..scenes.show import save_grid, show_parser
 from .data import load_clevrer
+
+
+def _redraw(run: Path) -> Path:
+    """Rebuild the model of the run folder ``run`` from its checkpoint and draw its pictures."""
+    from slots.train import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+
+    from .experiment import TASK, ClevrerConfig, draw_run_pictures
+    from .model import VideoModelConfig, VideoSlotAutoencoder
+
+    ckpt = load_checkpoint(run / CHECKPOINT_NAME)
+    if ckpt["task"] != TASK.name:
+        raise CheckpointError(f"{run / CHECKPOINT_NAME} is a checkpoint of task {ckpt['task']!r}, not {TASK.name!r}")
+    cfg = ClevrerConfig(**{f.name: ckpt["task_config"][f.name] for f in fields(ClevrerConfig)
+                           if f.name in ckpt["task_config"]})
+    model = VideoSlotAutoencoder(VideoModelConfig(**ckpt["task_config"]["model"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    path = draw_run_pictures(model, TASK.load_test(cfg), cfg, ckpt["task_config"]["variant"], run)
+    if path is None:
+        raise ValueError(f"the run in {run} was trained with n_pictures 0: nothing to draw")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = show_parser("clevrer")
     parser.add_argument("--variant", default="S", choices=("S", "L"), help="CLEVRER-S or CLEVRER-L (default: S)")
     parser.add_argument("--workers", type=int, default=1, help="generator processes (default: 1)")
+    parser.add_argument("--run", type=Path, help="a trained run folder: redraw its pictures.png (the data "
+                                                 "options are the run's own; the others are ignored)")
     parser.set_defaults(ncols=2)
     args = parser.parse_args(argv)
     if args.num < 1:
         raise SystemExit("--num must be >= 1")
+    if args.run is not None:
+        try:
+            out = _redraw(args.run)
+        except ValueError as e:  # includes slots.train.CheckpointError
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {out}")
+        return 0
     data = load_clevrer(args.variant, args.split, data_dir=args.data_dir, num_videos=args.num, seed=args.seed,
                         cache_dir=args.cache_dir, workers=args.workers)
     out = save_grid(data.images[:args.num], data.masks[:args.num], args.out, ncols=args.ncols)

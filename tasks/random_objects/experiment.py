@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slots import OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
+from slots import MESH_OBJECTIVES, OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
 
 from ..runner import BACKENDS, Budget, Metric, Task, require_one_batch
 from ..runner import format_table as _format_table
@@ -51,6 +51,8 @@ class RandomObjectsConfig:
         n_train, n_test: training and test examples. n_objects, n_background, dim: the data (5, 100, 32).
         eval_batch: examples per forward pass during evaluation.
         head, n_iters, mesh_lr, mesh_iters: model options (see ``model.ModelConfig``, ``slots.OTConfig``).
+        straight_through, learn_mesh_lr, mesh_objective, similarity_alpha: SA-MESH's options (``slots.OTConfig``;
+            the MESH variants of App. B and I); the other variants ignore them.
         backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch.
     """
 
@@ -65,6 +67,10 @@ class RandomObjectsConfig:
     n_iters: int = 3
     mesh_lr: float = 8.0
     mesh_iters: int = 4
+    straight_through: bool = True
+    learn_mesh_lr: bool = False
+    mesh_objective: str = "entropy"
+    similarity_alpha: float = 0.0
     backend: str = "auto"
 
     def __post_init__(self):
@@ -84,9 +90,13 @@ class RandomObjectsConfig:
     def model(self, variant: str) -> ModelConfig:
         """The model configuration of one variant."""
         backend = None if self.backend == "auto" else self.backend
+        mesh = {}
+        if variant == "sa-mesh":
+            mesh = dict(straight_through=self.straight_through, learn_mesh_lr=self.learn_mesh_lr,
+                        mesh_objective=self.mesh_objective, similarity_alpha=self.similarity_alpha)
         return ModelConfig(variant=variant, n_slots=self.n_objects, dim=self.dim, n_iters=self.n_iters,
                            head=self.head, ot=OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters,
-                                                       backend=backend))
+                                                       backend=backend, **mesh))
 
 
 def _paper(cfg: RandomObjectsConfig) -> dict:
@@ -172,7 +182,7 @@ def _describe(cfg: RandomObjectsConfig, budget: Budget, seeds: int) -> str:
 
 
 def _add_arguments(p, steps_group) -> None:
-    from ..runner import int_at_least, positive_float
+    from ..runner import float_at_least_zero, int_at_least, positive_float
 
     p.add_argument("--sigma", type=positive_float, default=0.01, help="standard deviation of the objects")
     p.add_argument("--quick", action="store_const", const="quick", dest="budget",
@@ -183,10 +193,21 @@ def _add_arguments(p, steps_group) -> None:
     p.add_argument("--n-test", type=int_at_least(1), help="test examples (default 6,400; --quick 1,280)")
     p.add_argument("--head", choices=HEADS, default="linear",
                    help="read-out of the slots: a linear map (zero-initialised) or none (slots are the predictions)")
+    mesh = p.add_argument_group("SA-MESH options (the MESH variants of App. B and I; other variants ignore them)")
+    mesh.add_argument("--no-straight-through", action="store_true",
+                      help="differentiate through the MESH steps (needed by --mesh-objective learned and "
+                           "--similarity-alpha)")
+    mesh.add_argument("--learn-mesh-lr", action="store_true", help="learn the MESH step size, starting at 8")
+    mesh.add_argument("--mesh-objective", choices=MESH_OBJECTIVES, default="entropy",
+                      help="what MESH minimizes: the entropy (Eq. 9) or a learned elementwise objective (App. I)")
+    mesh.add_argument("--similarity-alpha", type=float_at_least_zero, default=0.0,
+                      help="weight of App. B's similarity regulariser (Eq. 13); 0: off")
 
 
 def _options_from_args(args) -> dict:
-    options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head}
+    options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head,
+               "straight_through": not args.no_straight_through, "learn_mesh_lr": args.learn_mesh_lr,
+               "mesh_objective": args.mesh_objective, "similarity_alpha": args.similarity_alpha}
     if args.n_test is not None:
         options["n_test"] = args.n_test
     return options

@@ -23,12 +23,13 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from slots.checkpoint import atomic_write
 
 __all__ = ["cached", "default_cache_dir", "cache_paths", "CacheWarning"]
 
@@ -91,21 +92,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(file_object)`` to a temp file next to ``path``, fsync, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _try_load(npz_path: Path, side_path: Path, name: str, version: str, params: Any) -> dict[str, np.ndarray] | None:
@@ -190,7 +176,7 @@ def cached(name: str, params: dict, version: str, build: Callable[[], dict[str, 
             raise ValueError(f"cache build for {name!r}: array {k!r} has object dtype, which cannot be cached")
 
     npz_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(npz_path, lambda f: np.savez_compressed(f, **result))
+    atomic_write(npz_path, lambda f: np.savez_compressed(f, **result))
     sidecar = {
         "name": name,
         "version": version,
@@ -198,5 +184,5 @@ def cached(name: str, params: dict, version: str, build: Callable[[], dict[str, 
         "sha256": _sha256_file(npz_path),
         "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in result.items()},
     }
-    _atomic_write(side_path, lambda f: f.write(json.dumps(sidecar, indent=1, sort_keys=True).encode()))
+    atomic_write(side_path, lambda f: f.write(json.dumps(sidecar, indent=1, sort_keys=True).encode()))
     return result

@@ -26,11 +26,12 @@ def _problem(B, n, m, seed):
 
 def test_exports_and_constants():
     assert sorted(emd_cpp.__all__) == sorted(["solve_batch", "Status", "SUPPLY_TOTAL", "cost_bits", "cache_stats",
-                                              "sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd"])
+                                              "sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd", "mesh_bwd"])
     assert emd_cpp.SUPPLY_TOTAL == 2**52
     S = emd_cpp.Status
-    codes = [S.OPTIMAL, S.INFEASIBLE, S.UNBOUNDED, S.INVALID_COST, S.INVALID_MARGINAL, S.MASS_MISMATCH, S.NOT_SOLVED]
-    assert [int(c) for c in codes] == list(range(7))
+    codes = [S.OPTIMAL, S.INFEASIBLE, S.UNBOUNDED, S.INVALID_COST, S.INVALID_MARGINAL, S.MASS_MISMATCH, S.NOT_SOLVED,
+             S.INVALID_WARM_START, S.INVALID_NOISE, S.COST_OVERFLOW, S.LOG_DOMAIN]
+    assert [int(c) for c in codes] == list(range(11))
 
 
 @pytest.mark.parametrize("nodes", [2, 3, 16, 17, 116, 1031, 4107, 2**20, 2**31 - 1])

@@ -24,12 +24,9 @@ from kernels.reference import sinkhorn_ref
 CUDA = torch.cuda.is_available()
 
 
-def _problem(B, n, m, seed, mass=1.0):
-    """float64 numpy costs (B, n, m) in [0, 1) and non-uniform marginals with equal mass."""
-    rng = np.random.default_rng(seed)
-    C = rng.random((B, n, m))
-    a = rng.random((B, n)) + 0.05
-    b = rng.random((B, m)) + 0.05
+def _np(p, mass=1.0):
+    """C, a, b of a conftest ``problem`` as float64 numpy arrays, the marginals rescaled to total ``mass``."""
+    C, a, b = (t.double().numpy() for t in p[:3])
     return C, a / a.sum(1, keepdims=True) * mass, b / b.sum(1, keepdims=True) * mass
 
 
@@ -47,15 +44,15 @@ def _check_plans(P, C, a, b, rtol=1e-6, marg_tol=1e-6):
 # Both layouts (rows or columns supply) and both pivot rules (ratio >= 100: candidate list).
 @pytest.mark.parametrize("B, n, m", [(5, 105, 5), (3, 64, 64), (4, 7, 30), (2, 1, 6), (2, 6, 1), (2, 700, 6),
                                      (2, 5, 600)])
-def test_rectangular_nonuniform_matches_pot(B, n, m):
-    C, a, b = _problem(B, n, m, seed=n * m, mass=float(m))
+def test_rectangular_nonuniform_matches_pot(B, n, m, problem):
+    C, a, b = _np(problem(B, n, m, seed=n * m, scale=1.0), mass=float(m))
     P = emd(C, a, b)
     assert isinstance(P, np.ndarray) and P.dtype == np.float64 and P.shape == (B, n, m)
     _check_plans(P, C, a, b)
 
 
-def test_torch_inputs_and_float32():
-    C, a, b = _problem(4, 50, 7, seed=1, mass=7.0)
+def test_torch_inputs_and_float32(problem):
+    C, a, b = _np(problem(4, 50, 7, seed=1, scale=1.0), mass=7.0)
     Ct, at, bt = (torch.from_numpy(x) for x in (C, a, b))
     Ct.requires_grad_(True)
     P = emd(Ct, at, bt)
@@ -119,16 +116,16 @@ def test_square_uniform_with_ties_is_still_optimal():
         assert np.isclose((C[k] * P[k]).sum(), C[k][rows, cols].sum(), rtol=1e-12)
 
 
-def test_one_thread_equals_many():
-    C, a, b = _problem(24, 200, 9, seed=11, mass=9.0)
+def test_one_thread_equals_many(problem):
+    C, a, b = _np(problem(24, 200, 9, seed=11, scale=1.0), mass=9.0)
     P1 = emd(C, a, b, num_threads=1)
     for threads in (2, 4, 64):
         assert np.array_equal(emd(C, a, b, num_threads=threads), P1)
     _check_plans(P1, C, a, b)
 
 
-def test_zero_mass_rows_and_columns_get_nothing():
-    C, a, b = _problem(3, 30, 8, seed=12)
+def test_zero_mass_rows_and_columns_get_nothing(problem):
+    C, a, b = _np(problem(3, 30, 8, seed=12, scale=1.0))
     a[:, [0, 5]] = 0.0
     b[:, 3] = 0.0
     a /= a.sum(1, keepdims=True)
@@ -138,8 +135,8 @@ def test_zero_mass_rows_and_columns_get_nothing():
     _check_plans(P, C, a, b)
 
 
-def test_unequal_masses_within_tolerance_are_rescaled_to_their_mean():
-    C, a, b = _problem(2, 20, 5, seed=13)
+def test_unequal_masses_within_tolerance_are_rescaled_to_their_mean(problem):
+    C, a, b = _np(problem(2, 20, 5, seed=13, scale=1.0))
     b *= 1 + 5e-5
     P = emd(C, a, b)
     M = (a.sum(1) + b.sum(1)) / 2  # (B,)
@@ -147,10 +144,10 @@ def test_unequal_masses_within_tolerance_are_rescaled_to_their_mean():
     assert np.allclose(P.sum(1), b * (M / b.sum(1))[:, None], rtol=0, atol=1e-13)
 
 
-def test_gil_is_released_during_a_large_batch():
+def test_gil_is_released_during_a_large_batch(problem):
     """A Python thread that sleeps 0.5 ms at a time must keep waking up (each wake-up needs the GIL)
     while a batch that takes far longer is solved."""
-    C, a, b = _problem(48, 4096, 11, seed=14, mass=11.0)
+    C, a, b = _np(problem(48, 4096, 11, seed=14, scale=1.0), mass=11.0)
     solving = threading.Event()
     done = threading.Event()
     wakeups = []
@@ -175,13 +172,13 @@ def test_gil_is_released_during_a_large_batch():
 
 
 @pytest.mark.parametrize("how", ["os.kill", "interrupt_main"])
-def test_ctrl_c_stops_a_large_batch(how):
+def test_ctrl_c_stops_a_large_batch(how, problem):
     """SIGINT while a large batch runs raises KeyboardInterrupt before the batch is done (counted by
     the core's problems_solved, not by time), and the solver works normally afterwards."""
     if how == "os.kill" and threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach only the main thread")
     B = 200  # about a second per thread if it were not interrupted
-    C, a, b = _problem(B, 4096, 11, seed=15, mass=11.0)
+    C, a, b = _np(problem(B, 4096, 11, seed=15, scale=1.0), mass=11.0)
     start = emd_cpp.cache_stats()[2]
 
     def interrupt_once_started():
@@ -201,13 +198,13 @@ def test_ctrl_c_stops_a_large_batch(how):
         killer.join()
     solved = emd_cpp.cache_stats()[2] - start
     assert 4 <= solved < B // 2
-    small = _problem(3, 4096, 11, seed=16, mass=11.0)
+    small = _np(problem(3, 4096, 11, seed=16, scale=1.0), mass=11.0)
     _check_plans(emd(*small, num_threads=2), *small)
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
-def test_bad_input_names_the_batch_element(kind):
-    C, a, b = _problem(5, 6, 4, seed=17)
+def test_bad_input_names_the_batch_element(kind, problem):
+    C, a, b = _np(problem(5, 6, 4, seed=17, scale=1.0))
     conv = (lambda x: x) if kind == "numpy" else torch.from_numpy
 
     def call(C=C, a=a, b=b, **kw):
@@ -251,24 +248,24 @@ def test_bad_input_names_the_batch_element(kind):
             call(num_threads=threads)
 
 
-def test_bad_input_types():
-    C, a, b = _problem(2, 4, 3, seed=18)
+def test_bad_input_types(problem):
+    C, a, b = _np(problem(2, 4, 3, seed=18, scale=1.0))
     with pytest.raises(ValueError, match="must all be numpy arrays or all torch tensors"):
         emd(C, torch.from_numpy(a), b)
     with pytest.raises(ValueError, match="must all be numpy arrays or all torch tensors, got list, list, list"):
         emd(C.tolist(), a.tolist(), b.tolist())
 
 
-def test_overflowing_mass_is_a_value_error():
-    C, a, b = _problem(3, 4, 3, seed=19)
+def test_overflowing_mass_is_a_value_error(problem):
+    C, a, b = _np(problem(3, 4, 3, seed=19, scale=1.0))
     a[1] = 1e308
     b[1] = 4e308 / 3
     with pytest.raises(ValueError, match="batch element 1"):
         emd(C, a, b)
 
 
-def test_non_native_byte_order_and_read_only_inputs():
-    C, a, b = _problem(2, 9, 4, seed=20)
+def test_non_native_byte_order_and_read_only_inputs(problem):
+    C, a, b = _np(problem(2, 9, 4, seed=20, scale=1.0))
     ref = emd(C, a, b)
     Cb = C.astype(C.dtype.newbyteorder(">"))
     a_ro = a.copy()
@@ -277,8 +274,8 @@ def test_non_native_byte_order_and_read_only_inputs():
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-def test_cuda_tensors_round_trip():
-    C, a, b = _problem(4, 40, 6, seed=21)
+def test_cuda_tensors_round_trip(problem):
+    C, a, b = _np(problem(4, 40, 6, seed=21, scale=1.0))
     Cc, ac, bc = (torch.from_numpy(x).cuda() for x in (C, a, b))
     P = emd(Cc, ac, bc)
     assert P.is_cuda and P.dtype == torch.float64
@@ -289,18 +286,18 @@ def test_cuda_tensors_round_trip():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_emd_attention_value_is_emd_plus_sinkhorn(dtype):
-    C, a, b = (torch.from_numpy(x).to(dtype) for x in _problem(3, 40, 5, seed=22, mass=5.0))
+def test_emd_attention_value_is_emd_plus_sinkhorn(dtype, problem):
+    C, a, b = (torch.from_numpy(x).to(dtype) for x in _np(problem(3, 40, 5, seed=22, scale=1.0), mass=5.0))
     A = emd_attention(C, a, b, n_sh_iters=7, tau=0.5)
     assert A.dtype == dtype and A.shape == C.shape
     expected = emd(C, a, b) + sinkhorn(C, a, b, 7, 0.5)[0]
     assert torch.equal(A, expected)
 
 
-def test_emd_attention_gradient_is_twice_sinkhorns():
+def test_emd_attention_gradient_is_twice_sinkhorns(problem):
     """Backward of A = emd(C) + sinkhorn(C) passes 2x the Sinkhorn vector-Jacobian product to C, a and
     b (the EMD term's surrogate plus the Sinkhorn term), checked against the plain-autograd reference."""
-    Cn, an, bn = _problem(3, 17, 4, seed=23, mass=4.0)
+    Cn, an, bn = _np(problem(3, 17, 4, seed=23, scale=1.0), mass=4.0)
     G = torch.from_numpy(np.random.default_rng(24).standard_normal(Cn.shape))
     leaves = [torch.from_numpy(x).requires_grad_(True) for x in (Cn, an, bn)]
     A = emd_attention(*leaves, n_sh_iters=6, tau=0.3)
@@ -315,8 +312,8 @@ def test_emd_attention_gradient_is_twice_sinkhorns():
         torch.testing.assert_close(g, 2 * r, rtol=1e-7, atol=1e-10)
 
 
-def test_emd_attention_bad_input():
-    C, a, b = (torch.from_numpy(x) for x in _problem(2, 6, 3, seed=25))
+def test_emd_attention_bad_input(problem):
+    C, a, b = (torch.from_numpy(x) for x in _np(problem(2, 6, 3, seed=25, scale=1.0)))
     for iters in (0, 2.0, True):
         with pytest.raises(ValueError, match="n_sh_iters"):
             emd_attention(C, a, b, n_sh_iters=iters)

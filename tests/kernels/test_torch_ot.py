@@ -1,33 +1,19 @@
-"""Tests of the PyTorch backend (kernels/torch_ot.py) at the contract level.
+"""What is particular to the PyTorch backend (kernels/torch_ot.py): its two paths.
 
-The fast path (scaling vectors on one matrix K) and the log-domain fallback must each equal autograd
-through the reference, alone and mixed within one batch (some batch elements falling back), for the
-plain backward, the entropy backward (grad_P=None) and the whole MESH loop.
+The fast path (scaling vectors on one matrix K) and the log-domain fallback must each equal autograd through
+the reference, alone and mixed within one batch (some batch elements falling back), for the plain backward,
+the entropy backward (grad_P=None), the whole MESH loop and MESH's warm-start backward. The contract shared
+with the other backends is tested in test_ot.py.
 """
 import math
 
 import pytest
 import torch
 
-from kernels import torch_ot
+from kernels import MeshParams, mesh_official_ref, torch_ot
 from kernels.reference import entropy_ref, mesh_ref, sinkhorn_ref
 
 F64 = torch.float64
-
-
-def _problem(B, n, m, seed, zero_row=False, zero_col=False):
-    g = torch.Generator().manual_seed(seed)
-    C = torch.rand(B, n, m, generator=g, dtype=F64) * 3
-    a = torch.rand(B, n, generator=g, dtype=F64) + 0.2
-    b = torch.rand(B, m, generator=g, dtype=F64) + 0.2
-    if zero_row:
-        a[:, 1] = 0
-    if zero_col:
-        b[:, 0] = 0
-    a = a / a.sum(1, keepdim=True) * m
-    b = b / b.sum(1, keepdim=True) * m
-    v0 = torch.randn(B, m, generator=g, dtype=F64)
-    return C, a, b, v0
 
 
 @pytest.fixture(params=["fast", "log", "mixed"])
@@ -54,11 +40,11 @@ def _count_log_forward(monkeypatch):
 
 
 @pytest.mark.parametrize("B,n,m,L", [(4, 11, 5, 4), (3, 40, 64, 2), (2, 7, 3, 1)])
-def test_sinkhorn_fwd_bwd_match_autograd(path, monkeypatch, B, n, m, L):
+def test_sinkhorn_fwd_bwd_match_autograd(path, monkeypatch, B, n, m, L, problem):
     calls = _count_log_forward(monkeypatch)
-    C, a, b, v0 = _problem(B, n, m, seed=n * m)
+    C, a, b, v0 = problem(B, n, m, seed=n * m, scale=3.0)[:4]
     tau = 0.6
-    us, vs = torch_ot.sinkhorn_fwd(C, a.log(), b.log(), tau, L, v0)
+    us, vs = torch_ot.sinkhorn_fwd(C, a.log(), b.log(), v0, tau, L)[:2]
     assert us.shape == (L, B, n) and vs.shape == (L + 1, B, m)
     assert calls == {"fast": [], "log": [B], "mixed": [B // 2]}[path]
     leaves = [t.clone().requires_grad_(True) for t in (C, a, b, v0)]
@@ -78,10 +64,10 @@ def test_sinkhorn_fwd_bwd_match_autograd(path, monkeypatch, B, n, m, L):
         torch.testing.assert_close(gv0, ref[3], rtol=1e-10, atol=1e-12)
 
 
-def test_zero_marginals_in_every_path(path):
-    C, a, b, v0 = _problem(4, 9, 4, seed=1, zero_row=True, zero_col=True)
+def test_zero_marginals_in_every_path(path, problem):
+    C, a, b, v0 = problem(4, 9, 4, seed=1, zero_row=True, zero_col=True, scale=3.0)[:4]
     la, lb = a.log(), b.log()
-    us, vs = torch_ot.sinkhorn_fwd(C, la, lb, 1.0, 3, v0)
+    us, vs = torch_ot.sinkhorn_fwd(C, la, lb, v0, 1.0, 3)[:2]
     assert (us[:, :, 1] == -math.inf).all() and (vs[1:, :, 0] == -math.inf).all()
     assert torch.isfinite(us[:, :, 2:]).all() and torch.isfinite(vs[:, :, 1:]).all()
     P = torch.exp(-C + us[-1][:, :, None] + vs[-1][:, None, :])
@@ -91,15 +77,15 @@ def test_zero_marginals_in_every_path(path):
         for t in out:
             assert torch.isfinite(t).all()
         assert (out[1][:, 1] == 0).all() and (out[2][:, 0] == 0).all()
-    C_T, u, v = torch_ot.mesh_fwd(C, la, lb, 1.0, torch.randn_like(C), 1e-3, 3, 4, 8.0, True)
+    C_T, u, v = torch_ot.mesh_fwd(C, la, lb, torch.randn_like(C), MeshParams(3, 4, 8.0, 1e-3, 1.0, True))[:3]
     assert torch.isfinite(C_T).all() and (u[:, 1] == -math.inf).all() and (v[:, 0] == -math.inf).all()
 
 
 @pytest.mark.parametrize("reuse_uv", [True, False])
-def test_mesh_fwd_matches_reference(path, reuse_uv):
-    C, a, b, _ = _problem(4, 30, 6, seed=2)
+def test_mesh_fwd_matches_reference(path, reuse_uv, problem):
+    C, a, b, _ = problem(4, 30, 6, seed=2, scale=3.0)[:4]
     noise = torch.randn(4, 30, 6, dtype=F64, generator=torch.Generator().manual_seed(3))
-    C_T, u, v = torch_ot.mesh_fwd(C, a.log(), b.log(), 0.8, noise, 1e-2, 3, 5, 4.0, reuse_uv)
+    C_T, u, v = torch_ot.mesh_fwd(C, a.log(), b.log(), noise, MeshParams(3, 5, 4.0, 1e-2, 0.8, reuse_uv))[:3]
     ref = mesh_ref(C, a, b, 3, 5, 4.0, noise, 1e-2, reuse_uv, 0.8)
     torch.testing.assert_close(C_T, ref[0], rtol=1e-10, atol=1e-10)
     if reuse_uv:
@@ -111,18 +97,26 @@ def test_mesh_fwd_matches_reference(path, reuse_uv):
     torch.testing.assert_close(v, v_ref, rtol=1e-10, atol=1e-10)
 
 
-def test_mesh_fwd_zero_steps():
-    C, a, b, _ = _problem(2, 5, 3, seed=4)
-    noise = torch.randn_like(C)
-    C_T, u, v = torch_ot.mesh_fwd(C, a.log(), b.log(), 1.0, noise, 0.5, 0, 5, 8.0, True)
-    torch.testing.assert_close(C_T, C + 0.5 * noise)
-    assert u is None and v is None
+def test_mesh_warm_start_backward_matches_the_official_formulation(path, problem):
+    """mesh_bwd (fast path, log domain, or both in one batch) is autograd through the official MESH's u, v."""
+    C, a, b, _ = problem(4, 12, 5, seed=6)[:4]
+    noise = torch.randn(4, 12, 5, dtype=F64, generator=torch.Generator().manual_seed(7))
+    gu, gv = torch.randn(4, 12, dtype=F64), torch.randn(4, 5, dtype=F64)
+    p = MeshParams(3, 4, 2.0, 1e-2, 0.9, True)
+    trace = torch_ot.mesh_fwd(C, a.log(), b.log(), noise, p, True)[4]
+    grad_C, glog_a, glog_b = torch_ot.mesh_bwd(trace, a.log(), b.log(), p, gu, gv)
+    leaves = [t.clone().requires_grad_(True) for t in (C, a, b)]
+    _, u, v = mesh_official_ref(*leaves, 3, 4, 2.0, noise, 1e-2, 0.9)
+    ref = torch.autograd.grad((u * gu).sum() + (v * gv).sum(), leaves)
+    torch.testing.assert_close(grad_C, ref[0], rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(glog_a, ref[1] * a, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(glog_b, ref[2] * b, rtol=1e-9, atol=1e-11)
 
 
-def test_scaling_check_rejects_what_it_cannot_represent():
+def test_scaling_check_rejects_what_it_cannot_represent(problem):
     """Cold start with a slot 2000 tau dearer than the others: its column of K underflows to 0, the
     check fails, and the log domain still gives the exact result."""
-    C, a, b, _ = _problem(3, 12, 4, seed=5)
+    C, a, b, _ = problem(3, 12, 4, seed=5, scale=3.0)[:4]
     C[:, :, 0] += 2000.0
     v0 = torch.zeros(3, 4, dtype=F64)
     la, lb = a.log(), b.log()
@@ -130,7 +124,7 @@ def test_scaling_check_rejects_what_it_cannot_represent():
     work = torch_ot._workspace(C, 3, 4, 12, 3, backward=False)
     _, _, _, _, XT, YT, yL = torch_ot._scaled_forward(logKt, a, b, 3, False, work)
     assert not torch_ot._scaled_check(XT, YT, yL, torch_ot._log_min_mass(la, lb), 3).any()
-    us, vs = torch_ot.sinkhorn_fwd(C, la, lb, 1.0, 3, v0)
+    us, vs = torch_ot.sinkhorn_fwd(C, la, lb, v0, 1.0, 3)[:2]
     _, u_ref, v_ref = sinkhorn_ref(C, a, b, 3, 1.0)
     torch.testing.assert_close(us[-1], u_ref, rtol=1e-12, atol=1e-8)
     torch.testing.assert_close(vs[-1], v_ref, rtol=1e-12, atol=1e-8)

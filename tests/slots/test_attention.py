@@ -217,6 +217,55 @@ def test_gradcheck_float64(variant, cost):
     assert torch.autograd.gradcheck(lambda x: sa(x, slots=s0)[0], (x,), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("learned", [True, False])
+def test_marginal_scale_sets_the_mass_of_both_marginals(learned):
+    x, s = torch.randn(3, 17, 6), torch.randn(3, 5, 8)
+    plain = make("sa-sh", n_slots=5, ot=OTConfig(learned_marginals=learned))
+    scaled = make("sa-sh", n_slots=5, ot=OTConfig(learned_marginals=learned, marginal_scale=18.0))
+    (a0, b0), (a, b) = plain.marginals(x, s), scaled.marginals(x, s)
+    torch.testing.assert_close(a.sum(1), torch.full((3,), 18.0))
+    torch.testing.assert_close(b.sum(1), torch.full((3,), 18.0))
+    # the same networks (same seed), only the mass changes
+    torch.testing.assert_close(a, a0 * 18 / 5)
+    torch.testing.assert_close(b, b0 * 18 / 5)
+    if not learned:
+        torch.testing.assert_close(b, torch.full_like(b, 18 / 5))
+    # the plan carries the scaled mass
+    one_iter = make("sa-sh", n_slots=5, n_iters=1,
+                    ot=OTConfig(learned_marginals=learned, marginal_scale=18.0, n_sh_iters=300))
+    _, attn = one_iter(x, slots=s)
+    torch.testing.assert_close(attn.sum(1), one_iter.marginals(x, s)[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant,cost", [("sa", "cosine"), ("sa", "dot"), ("sa-sh", "cosine"), ("sa-sh", "l2")])
+def test_cost_scale_equals_dividing_the_temperature(variant, cost):
+    # exp(-(s C) / tau) == exp(-C / (tau / s)): scaling the cost by s is the temperature tau / s
+    x, s0 = torch.randn(2, 12, 6), torch.randn(2, 4, 8)
+    scaled = make(variant, cost, ot=OTConfig(cost_scale=6.0, tau=1.0))
+    cooled = make(variant, cost, ot=OTConfig(cost_scale=1.0, tau=1 / 6))
+    plain = make(variant, cost)
+    out = [m(x, slots=s0) for m in (scaled, cooled, plain)]
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-5, atol=1e-5)
+    assert (out[0][1] - out[2][1]).abs().max() > 1e-3
+
+
+def test_cost_and_marginal_scale_in_sa_mesh_and_gradcheck():
+    ot = OTConfig(cost_scale=6.0, marginal_scale=18.0)
+    sa = make("sa-mesh", "cosine", n_iters=1, ot=ot)
+    x, s0 = torch.randn(2, 12, 6), torch.randn(2, 4, 8)
+    torch.manual_seed(1)
+    _, attn = sa(x, slots=s0)
+    torch.manual_seed(1)
+    _, attn_plain = make("sa-mesh", "cosine", n_iters=1)(x, slots=s0)
+    torch.testing.assert_close(attn.sum((1, 2)), torch.full((2,), 18.0), rtol=1e-4, atol=1e-4)
+    assert (attn - attn_plain * 18 / 4).abs().max() > 1e-3  # the scaled cost gives another plan
+    sa64 = make("sa-sh", "cosine", n_iters=2, ot=ot).double()
+    x = torch.randn(2, 7, 6, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, s: sa64(x, slots=s)[0], (x, s))
+
+
 def test_normalize_plan_option():
     x, s0 = torch.randn(2, 10, 6), torch.randn(2, 4, 8)
     # uniform marginals: every column already sums to 1, so normalizing changes nothing
@@ -241,7 +290,8 @@ def test_config_checks_and_round_trip():
         with pytest.raises(ValueError):
             SlotAttentionConfig(**args)
     for kw in (dict(tau=0.0), dict(n_sh_iters=0), dict(mesh_iters=-1), dict(mesh_lr=math.nan),
-               dict(noise_scale=-1.0), dict(reuse_uv=1)):
+               dict(noise_scale=-1.0), dict(reuse_uv=1), dict(cost_scale=0.0), dict(marginal_scale=-1.0),
+               dict(marginal_scale=math.inf)):
         with pytest.raises(ValueError):
             OTConfig(**kw)
     with pytest.raises(ValueError, match="SlotAttentionConfig"):

@@ -155,7 +155,7 @@ def test_resume_without_restored_state_would_differ(reference, tmp_path, monkeyp
     ref_model, _, _ = reference
     run(tmp_path, steps=7)
     if skip == "rng":
-        monkeypatch.setattr(slots_train, "_restore_rng", lambda state, device: None)
+        monkeypatch.setattr(slots_train, "restore_rng", lambda state, device: None)
     else:
         monkeypatch.setattr(torch.optim.AdamW, "load_state_dict", lambda self, state: None)
     model, _ = run(tmp_path, steps=12, resume=True)
@@ -374,18 +374,15 @@ def _child_cmd(*args):
     return [sys.executable, str(Path(__file__).resolve()), *map(str, args)]
 
 
-def test_sigkill_then_resume_in_fresh_process_is_bit_exact(reference, tmp_path):
-    ref_model, _, _ = reference
-    out, marker = tmp_path / "run", tmp_path / "blocked"
-    proc = subprocess.Popen(_child_cmd("train", out, "--block-at", 8, "--marker", marker), cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def _kill_when_blocked(cmd, marker: Path, timeout: float = 120) -> None:
+    """Start ``cmd``, wait until it touches ``marker`` (it then waits to be killed), and kill -9 it."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():  # the child reaches step 8 (after the step-5 checkpoint) and waits
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
             assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "the child did not reach step 8"
+            assert time.monotonic() < deadline, f"the child did not reach its blocking point: {cmd}"
             time.sleep(0.05)
-        assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 5
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -393,6 +390,14 @@ def test_sigkill_then_resume_in_fresh_process_is_bit_exact(reference, tmp_path):
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def test_sigkill_then_resume_in_fresh_process_is_bit_exact(reference, tmp_path):
+    ref_model, _, _ = reference
+    out, marker = tmp_path / "run", tmp_path / "blocked"
+    # the child reaches step 8 (after the step-5 checkpoint) and waits
+    _kill_when_blocked(_child_cmd("train", out, "--block-at", 8, "--marker", marker), marker)
+    assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 5
     assert not (out / RESULTS_NAME).exists()
     dump = tmp_path / "params.pt"
     done = subprocess.run(_child_cmd("train", out, "--resume", "--dump", dump), cwd=REPO, env=_env(),
@@ -429,19 +434,145 @@ def test_torchrun_two_cpu_processes(tmp_path):
         torch.testing.assert_close(p0[k], v, rtol=1e-4, atol=1e-5)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Bit-reproducibility across processes (issue 15): a tiny random-objects model of every variant, trained in
+# separate processes two at a time, and killed (kill -9) at several points then resumed.
+
+RO_RUNS = [("sa", None), ("sa-sh", None), ("sa-emd", None), ("sa-mesh", None), ("sa-mesh", "torch"),
+           ("sa-sh", "torch")]
+
+
+def _ro_train(out: Path, variant: str, backend, resume=False, block=None, marker=None):
+    """12 steps of a tiny random-objects model (evaluation every 4 steps, checkpoints every 5).
+
+    ``block`` = (where, step) stops the run at that point, touches ``marker`` and waits to be killed:
+    "after_eval" (the first step after the evaluation of ``step``), "in_ckpt" (half-way through writing the
+    checkpoint of ``step``), "between" (during step ``step``, between two checkpoints).
+    """
+    from slots import OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
+    from tasks.random_objects.data import make_split
+    from tasks.random_objects.model import ModelConfig, RandomObjectsModel
+
+    def wait_for_kill():
+        Path(marker).touch()
+        while True:
+            time.sleep(1)
+
+    where, at = block if block else (None, None)
+    train_set = make_split("train", 64, 0.1, 0, n_objects=3, n_background=20, dim=8)
+    test_set = make_split("test", 32, 0.1, 0, n_objects=3, n_background=20, dim=8)
+    evals, steps = [], []
+
+    def loss(model, batch):
+        steps.append(1)
+        if where == "between" and len(steps) == at or where == "after_eval" and evals and evals[-1] == at:
+            wait_for_kill()
+        x, y = batch
+        return hungarian_mse_loss(model(x), y)
+
+    def evaluate(model):
+        x, y = test_set[torch.arange(len(test_set))]
+        evals.append(len(steps) + start)
+        return {"rmse": float(normalized_hungarian_rmse(model(x), y, 0.1))}
+
+    if where == "in_ckpt":
+        real_save = torch.save
+
+        def save(obj, f, *args, **kw):
+            if obj["step"] == at:
+                f.write(b"the first half of a checkpoint")
+                f.flush()
+                wait_for_kill()
+            real_save(obj, f, *args, **kw)
+
+        torch.save = save
+    start = load_checkpoint(out / CHECKPOINT_NAME)["step"] if resume and (out / CHECKPOINT_NAME).exists() else 0
+    seed_everything(0)
+    cfg = ModelConfig(variant=variant, n_slots=3, dim=8, mlp_hidden=16, ot=OTConfig(backend=backend))
+    model = RandomObjectsModel(cfg)
+    train(TrainConfig(out_dir=str(out), steps=12, batch_size=16, lr=1e-2, warmup_steps=2, decay_steps=6, log_every=3,
+                      eval_every=4, ckpt_every=5, resume=resume, num_threads=1, progress=False),
+          model, train_set, loss, evaluate, task="ro", task_config={"variant": variant, "backend": backend})
+    return model.state_dict()
+
+
+def _ro_cmd(*args):
+    return _child_cmd("ro", *args)
+
+
+def _start(cmd):
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out.decode()
+
+
+def test_identical_runs_in_separate_processes_are_bit_identical(tmp_path):
+    """Four processes, two at a time, each training every variant (and the PyTorch OT path): all alike."""
+    dumps = [tmp_path / f"params{i}.pt" for i in range(4)]
+    for pair in (dumps[:2], dumps[2:]):
+        procs = [_start(_ro_cmd(tmp_path / d.stem, "--all", "--dump", d)) for d in pair]
+        for p in procs:
+            _finish(p)
+    first = torch.load(dumps[0], weights_only=True)
+    assert sorted(first) == sorted(f"{v}/{b}" for v, b in RO_RUNS)
+    for d in dumps[1:]:
+        other = torch.load(d, weights_only=True)
+        for run_name, params in first.items():
+            for k, v in params.items():
+                assert torch.equal(other[run_name][k], v), (d.name, run_name, k)
+
+
+@pytest.fixture(scope="module")
+def ro_reference(tmp_path_factory):
+    """Parameters of an uninterrupted 12-step SA-MESH run, trained in a fresh process."""
+    out = tmp_path_factory.mktemp("ro_reference")
+    _finish(_start(_ro_cmd(out / "run", "--variant", "sa-mesh", "--dump", out / "params.pt")))
+    return torch.load(out / "params.pt", weights_only=True)["sa-mesh/None"]
+
+
+@pytest.mark.parametrize("where,step,ckpt_step", [("after_eval", 8, 5), ("in_ckpt", 10, 5), ("between", 7, 5)])
+def test_kill_at_any_point_then_resume_is_bit_exact(ro_reference, tmp_path, where, step, ckpt_step):
+    """kill -9 right after an evaluation, half-way through a checkpoint write, or between checkpoints; the
+    resumed run (a fresh process) ends with the parameters of the uninterrupted one."""
+    out, marker, dump = tmp_path / "run", tmp_path / "blocked", tmp_path / "params.pt"
+    _kill_when_blocked(_ro_cmd(out, "--variant", "sa-mesh", "--block", where, str(step), "--marker", marker), marker)
+    run_dir = out / "sa-mesh-None"
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == ckpt_step
+    assert not (run_dir / RESULTS_NAME).exists()
+    _finish(_start(_ro_cmd(out, "--variant", "sa-mesh", "--resume", "--dump", dump)))
+    params = torch.load(dump, weights_only=True)["sa-mesh/None"]
+    for k, v in ro_reference.items():
+        assert torch.equal(params[k], v), k
+
+
 def _child(argv):
     """Entry point of the subprocesses: ``train OUT [--resume] [--block-at S --marker F] [--dump F]``
-    (12 steps of the noisy task) or ``ddp OUT --dump DIR`` (6 steps of the plain task, under torchrun)."""
+    (12 steps of the noisy task), ``ddp OUT --dump DIR`` (6 steps of the plain task, under torchrun) or
+    ``ro OUT (--all | --variant V) [--resume] [--block WHERE STEP --marker F] --dump F`` (tiny random-objects
+    runs, see ``_ro_train``)."""
     import argparse
 
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["train", "ddp"])
+    p.add_argument("mode", choices=["train", "ddp", "ro"])
     p.add_argument("out")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--block-at", type=int)
     p.add_argument("--marker")
     p.add_argument("--dump")
+    p.add_argument("--variant")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--block", nargs=2)
     args = p.parse_args(argv)
+    if args.mode == "ro":  # tiny random-objects runs: every variant (--all) or one (--variant)
+        runs = RO_RUNS if args.all else [(args.variant, None)]
+        block = (args.block[0], int(args.block[1])) if args.block else None
+        params = {f"{v}/{b}": _ro_train(Path(args.out) / f"{v}-{b}", v, b, args.resume, block, args.marker)
+                  for v, b in runs}
+        torch.save(params, args.dump)
+        return
     if args.mode == "ddp":
         rank = int(os.environ["RANK"])
         model = make_model(dropout=0.0)
@@ -469,17 +600,18 @@ if __name__ == "__main__":
 
 
 def test_retain_freed_memory(monkeypatch):
-    import slots.train as train_module
-
-    monkeypatch.setattr(train_module, "_malloc_retained", False)
-    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
-    assert train_module.retain_freed_memory() is False  # the user's malloc settings win
-    monkeypatch.delenv("MALLOC_TOP_PAD_")
-    for name in train_module._MALLOC_ENV:
-        monkeypatch.delenv(name, raising=False)
-    applied = train_module.retain_freed_memory()
     import platform
+
+    import slots.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_malloc_retained", False)
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
+    assert runtime.retain_freed_memory() is False  # the user's malloc settings win
+    monkeypatch.delenv("MALLOC_TOP_PAD_")
+    for name in runtime._MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    applied = runtime.retain_freed_memory()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert applied is True and train_module.retain_freed_memory() is True
+        assert applied is True and runtime.retain_freed_memory() is True
     else:
         assert applied is False

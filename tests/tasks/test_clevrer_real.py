@@ -2,14 +2,15 @@
 written here in CLEVRER's layout (lossless MP4s, RLE proposal JSON, annotation JSON)."""
 import json
 
-import av
 import numpy as np
 import pytest
 import torch
 
 from tasks.clevrer import real
-from tasks.clevrer.real import load_clevrer_real, read_video_frames, rle_decode, rle_encode
+from tasks.clevrer.real import load_clevrer_real, official_video_ids, read_video_frames, rle_decode, rle_encode
 from tasks.scenes import DataFormatError, MissingDataError
+
+from clevrer_fixtures import box, proposal_object, write_video
 
 H, W, T = 32, 48, 130
 
@@ -53,29 +54,8 @@ def test_rle_roundtrip_random_and_errors():
 
 
 # ---- fixture ----------------------------------------------------------------------------------------------
-def _write_video(path, frames):
-    if "libx264rgb" not in av.codecs_available:
-        pytest.skip("this PyAV build has no libx264rgb encoder for lossless MP4 fixtures")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264rgb", rate=25)  # lossless RGB H.264, so decoded frames equal the input
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
-        s.options = {"crf": "0", "preset": "ultrafast"}
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-
-
 def _box(y, x, h, w):
-    m = np.zeros((H, W), bool)
-    m[max(0, y):y + h, max(0, x):x + w] = True
-    return m
-
-
-def _obj(mask, color, material, shape, score=0.99):
-    return {"mask": rle_encode(mask), "color": color, "material": material, "shape": shape, "score": score}
+    return box(y, x, h, w, H, W)
 
 
 @pytest.fixture(scope="module")
@@ -83,23 +63,23 @@ def clevrer_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("clevrer")
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (2, T, H, W, 3), dtype=np.uint8)  # noise frames: any loss would show
-    _write_video(root / "video_train/video_00000-01000/video_00000.mp4", frames[0])
-    _write_video(root / "video_train/video_00000-01000/video_00001.mp4", frames[1])
-    _write_video(root / "video_validation/video_10000-11000/video_10000.mp4", frames[0, :20])
+    write_video(root / "video_train/video_00000-01000/video_00000.mp4", frames[0])
+    write_video(root / "video_train/video_00000-01000/video_00001.mp4", frames[1])
+    write_video(root / "video_validation/video_10000-11000/video_10000.mp4", frames[0, :20])
     # Video 0 (annotated): blue rubber cube (id 0) moves; red metal sphere (id 2) stays; green cylinder (id 1)
     # enters later. A low-score detection is dropped; the sphere overlaps the cube with a higher score.
     cube_a, cube_b, cube_l = _box(2, 2, 10, 10), _box(4, 6, 10, 10), _box(20, 30, 10, 10)
     sph = _box(8, 8, 8, 8)
     cyl = _box(14, 34, 8, 10)
     p0 = {"video_index": 0, "video_name": "sim_00000", "frames": [
-        {"frame_index": 0, "objects": [_obj(cube_a, "blue", "rubber", "cube", 0.9),
-                                       _obj(sph, "red", "metal", "sphere", 0.95),
-                                       _obj(_box(28, 0, 4, 4), "gray", "rubber", "cube", 0.1)]},
+        {"frame_index": 0, "objects": [proposal_object(cube_a, "blue", "rubber", "cube", 0.9),
+                                       proposal_object(sph, "red", "metal", "sphere", 0.95),
+                                       proposal_object(_box(28, 0, 4, 4), "gray", "rubber", "cube", 0.1)]},
         {"frame_index": 7, "objects": []},
-        {"frame_index": 15, "objects": [_obj(cyl, "green", "rubber", "cylinder"),
-                                        _obj(cube_b, "blue", "rubber", "cube", 0.97),
-                                        _obj(sph, "red", "metal", "sphere", 0.5)]},
-        {"frame_index": 127, "objects": [_obj(cube_l, "blue", "rubber", "cube")]},
+        {"frame_index": 15, "objects": [proposal_object(cyl, "green", "rubber", "cylinder"),
+                                        proposal_object(cube_b, "blue", "rubber", "cube", 0.97),
+                                        proposal_object(sph, "red", "metal", "sphere", 0.5)]},
+        {"frame_index": 127, "objects": [proposal_object(cube_l, "blue", "rubber", "cube")]},
     ]}
     ann0 = {"video_index": 0, "object_property": [
         {"object_id": 0, "color": "blue", "material": "rubber", "shape": "cube"},
@@ -108,9 +88,9 @@ def clevrer_root(tmp_path_factory):
     # Video 1 (no annotation): ids by first appearance; a duplicate attribute set in frame 15 gets a fresh id.
     a, b, c = _box(0, 0, 6, 6), _box(10, 10, 6, 6), _box(20, 20, 6, 6)
     p1 = {"frames": [
-        {"frame_index": 0, "objects": [_obj(a, "cyan", "metal", "cube"), _obj(b, "gray", "rubber", "sphere")]},
-        {"frame_index": 15, "objects": [_obj(b, "gray", "rubber", "sphere"), _obj(c, "cyan", "metal", "cube", 0.6),
-                                        _obj(a, "cyan", "metal", "cube", 0.8)]},
+        {"frame_index": 0, "objects": [proposal_object(a, "cyan", "metal", "cube"), proposal_object(b, "gray", "rubber", "sphere")]},
+        {"frame_index": 15, "objects": [proposal_object(b, "gray", "rubber", "sphere"), proposal_object(c, "cyan", "metal", "cube", 0.6),
+                                        proposal_object(a, "cyan", "metal", "cube", 0.8)]},
         {"frame_index": 127, "objects": []},
     ]}
     p10000 = {"frames": [{"frame_index": 0, "objects": []}, {"frame_index": 15, "objects": []}]}
@@ -196,27 +176,31 @@ def test_load_real_errors_name_the_file(clevrer_root, tmp_path):
 
 @pytest.mark.parametrize("breakage, match", [
     ("missing_field", r"proposal_00000\.json: frame 0 object 0 lacks one of mask, color"),
-    ("wrong_size", r"proposal_00000\.json: frame 0 object 0 mask is 10x10, the video frame is 32x48"),
+    ("wrong_size", r"proposal_00000\.json: frame 0 object 0 mask is 10x10, the frame of .*video_00000\.mp4 is 32x48"),
     ("missing_frame", r"proposal_00000\.json: no entry with frame_index 15"),
     ("bad_json", r"proposal_00000\.json: cannot read JSON"),
     ("bad_annotation", r"annotation_00000\.json: object_property\[0\] lacks"),
     ("missing_proposal", r"proposal_00000\.json does not exist"),
+    ("other_video", r"proposal_00000\.json: proposals of video 3, not of .*video_00000\.mp4"),
+    ("short_video", r"video_00000\.mp4: has 12 frames, frame index 15 is needed"),
 ])
 def test_bad_records_name_the_file(tmp_path, breakage, match):
     root = tmp_path / "root"
-    frames = np.zeros((16, H, W, 3), np.uint8)
-    _write_video(root / "video_train/v/video_00000.mp4", frames)
-    obj = _obj(_box(0, 0, 4, 4), "red", "metal", "cube")
+    frames = np.zeros((12 if breakage == "short_video" else 16, H, W, 3), np.uint8)
+    write_video(root / "video_train/v/video_00000.mp4", frames)
+    obj = proposal_object(_box(0, 0, 4, 4), "red", "metal", "cube")
     prop = {"frames": [{"frame_index": 0, "objects": [obj]}, {"frame_index": 15, "objects": [obj]}]}
     ann = {"object_property": [{"object_id": 0, "color": "red", "material": "metal", "shape": "cube"}]}
     if breakage == "missing_field":
         del prop["frames"][0]["objects"][0]["color"]
     elif breakage == "wrong_size":
-        prop["frames"][0]["objects"][0] = _obj(np.zeros((10, 10), bool), "red", "metal", "cube")
+        prop["frames"][0]["objects"][0] = proposal_object(np.zeros((10, 10), bool), "red", "metal", "cube")
     elif breakage == "missing_frame":
         prop["frames"].pop()
     elif breakage == "bad_annotation":
         del ann["object_property"][0]["object_id"]
+    elif breakage == "other_video":
+        prop["video_index"] = 3
     (root / "derender_proposals").mkdir()
     (root / "annotation_train").mkdir()
     (root / "annotation_train/annotation_00000.json").write_text(json.dumps(ann))
@@ -226,3 +210,19 @@ def test_bad_records_name_the_file(tmp_path, breakage, match):
         (root / "derender_proposals/proposal_00000.json").write_text(json.dumps(prop))
     with pytest.raises(ValueError, match=match):
         load_clevrer_real(root, "S", "train", size=None, use_cache=False, progress=False)
+
+
+def test_official_splits_and_chosen_videos(clevrer_root, tmp_path):
+    train, val, test = (official_video_ids(s) for s in ("train", "val", "test"))
+    assert len(train) == 9_998 and train[0] == 0 and train[-1] == 9_999 and {7648, 9777}.isdisjoint(train)
+    assert val == list(range(10_000, 10_320)) and test == list(range(15_000, 20_000))
+    with pytest.raises(ValueError, match="split"):
+        official_video_ids("dev")
+    root, frames, expected = clevrer_root
+    kw = {"size": None, "cache_dir": tmp_path, "progress": False}
+    d = load_clevrer_real(root, "S", "train", video_ids=[1], **kw)
+    assert d.ids == ["video_00001"] and torch.equal(d.masks, torch.from_numpy(expected["S"][1:]))
+    # the first of the listed videos (max_videos) must exist; later ones are not needed
+    assert load_clevrer_real(root, "S", "train", video_ids=[0, 5], max_videos=1, **kw).ids == ["video_00000"]
+    with pytest.raises(MissingDataError, match=r"CLEVRER train videos: video_00005\.mp4 and 1 more not found"):
+        load_clevrer_real(root, "S", "train", video_ids=[0, 5, 6], **kw)

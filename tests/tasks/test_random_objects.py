@@ -122,6 +122,12 @@ def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, match, run_main)
     assert not out.exists()
 
 
+def test_learned_objective_without_differentiating_mesh_exits_2(tmp_path, run_main):
+    code, _, stderr = run_main(["--mesh-objective", "learned", "--out", tmp_path / "run"])
+    assert code == 2 and "error: OTConfig.mesh_objective='learned' and similarity_alpha > 0 need " in stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_inconsistent_sizes_exit_2_and_write_nothing(tmp_path, run_main):
     out = tmp_path / "run"
     code, _, stderr = run_main([*TINY, "--n-train", "16", "--out", out])
@@ -147,6 +153,11 @@ def test_config_from_args_precedence():
     assert epochs.budget.steps == 6
     head = config_from_args(parse(["--head", "none", "--out", "o"]))
     assert head.config.head == "none" and head.config.model("sa").head == "none"
+    variant = config_from_args(parse(["--no-straight-through", "--learn-mesh-lr", "--mesh-objective", "learned",
+                                      "--similarity-alpha", "0.5", "--out", "o"])).config
+    ot = variant.model("sa-mesh").ot
+    assert (ot.straight_through, ot.learn_mesh_lr, ot.mesh_objective, ot.similarity_alpha) == (False, True, "learned", 0.5)
+    assert variant.model("sa-sh").ot == RandomObjectsConfig().model("sa-sh").ot  # other variants ignore them
     default = config_from_args(parse(["--sigma", "0.1"]))
     assert default.out == "runs/random_objects/sigma_0.1" and default.variants == experiment.VARIANTS
 

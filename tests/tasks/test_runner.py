@@ -188,3 +188,39 @@ def test_run_jobs_keeps_job_order_and_reports_each_job():
     assert run_jobs(_square_plus, [(1, 1)], 1) == [2]
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         run_jobs(_square_plus, [], 0)
+
+
+def _refuse_data(cfg, progress):
+    raise ValueError(f"data file /no/such/train.bin does not exist (noise {cfg.noise})")
+
+
+def test_prepare_runs_once_before_any_run_folder_is_written(tmp_path):
+    import dataclasses
+
+    bad = dataclasses.replace(TOY, prepare=_refuse_data)
+    code, stdout, stderr = run_main(["--jobs", "2", "--no-progress", "--out", tmp_path / "x"], task=bad)
+    assert code == 2 and stdout == ""
+    assert stderr == "error: data file /no/such/train.bin does not exist (noise 0.1)\n"
+    assert not (tmp_path / "x").exists()
+
+    calls = []  # (n_train, whether the run folder existed when prepare ran)
+    good = dataclasses.replace(TOY, prepare=lambda cfg, progress: calls.append((cfg.n_train,
+                                                                                (tmp_path / "y").exists())))
+    code, _, stderr = run_main(["--jobs", "1", "--threads", "1", "--no-progress", "--out", tmp_path / "y"],
+                               task=good)
+    assert code == 0, stderr
+    assert calls == [(64, False)] and (tmp_path / "y" / "table.md").exists()
+
+
+def test_a_metric_without_figures_of_the_paper_has_no_paper_column():
+    def cell(ours, paper):
+        return {"ours": ours, "std": None, "min": ours, "max": ours, "per_seed": [ours], "paper": paper}
+
+    row = {"variant": "sa", "name": "Plain", "step_ms": 2.0, "time_vs": 1.0,
+           "metrics": {"score": cell(50.0, (90.0, 1.5)), "mse": cell(0.25, None)}}
+    summary = {"describe": "Toy.", "paper_label": "Table 0", "rows": [row], "baselines": {}}
+    lines = runner.format_table(TOY, summary).splitlines()
+    header = next(line for line in lines if line.startswith("| model"))
+    assert [c.strip() for c in header.strip("| ").split("|")] == [
+        "model", "ours score", "paper score", "ours MSE", "ours per seed (score)", "step time (ms)", "time vs Plain"]
+    assert lines[-1] == "| Plain | 50.0 | 90 ± 1.5 | 0.250 | 50.0 | 2.0 | 1.00x |"
