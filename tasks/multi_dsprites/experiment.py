@@ -8,9 +8,11 @@ train, images 60,320-63,199 test).
 
 Budgets: "paper" is the paper's schedule (530 epochs of batch 64 at 64x64: 496,610 steps; Adam 4e-4, warm-up
 10k steps, then halved every 100k steps counted from step 0; gradient norm clipped at 0.1), for a GPU. "cpu"
-(the default without a GPU) is the reduced schedule chosen for two CPU cores: 4,000 steps of batch 16 on
-32x32 images, the same optimizer and clipping with a warm-up of 400 steps and the rate halved over the run,
-and the first 960 test images; the three default variants take under 3 hours with ``--jobs 3``. "quick" is a
+(the default without a GPU) is the reduced schedule chosen for two CPU cores: 3,500 steps of batch 16 on
+32x32 images, the same optimizer and clipping with a warm-up of 350 steps and the rate halved over the run,
+and the first 960 test images. It is sized from step times measured on a loaded two-core machine (about
+1.15 s per step on one thread, RESULTS.md): about 70 minutes per run, so the three default variants in two
+parallel jobs (one of them trains two runs) should take about 2.5 hours. "quick" is a
 run of a minute or two that shows the pipeline end to end.
 
 Known limits: at the CPU budget the model sees 32x32 images (sprites of 3-9 pixels) for a few thousand steps,
@@ -33,7 +35,7 @@ PAPER_TABLE3 = {
 }
 BUDGETS = {
     "paper": paper_budget(SPLITS["train"][1]),
-    "cpu": Budget(steps=4_000, batch_size=16, lr=4e-4, warmup_steps=400, decay_rate=0.5, decay_steps=4_000,
+    "cpu": Budget(steps=3_500, batch_size=16, lr=4e-4, warmup_steps=350, decay_rate=0.5, decay_steps=3_500,
                   grad_clip=0.1, eval_every=500, ckpt_every=250, overrides={"resolution": 32, "n_test": 960},
                   note="the CPU budget"),
     "quick": Budget(steps=40, batch_size=8, warmup_steps=5, decay_steps=40, grad_clip=0.1, eval_every=20,
