@@ -12,11 +12,14 @@ figures and named training budgets. Everything else is here, once::
 
 Every (variant, seed) is one run of :func:`slots.train.train` in ``<out>/<variant>/seed<s>/``: the seed fixes
 the initial parameters, the training data (``task.load_train(cfg, seed)``) and the data order; the test data
-(``task.load_test(cfg)``) is the same for every run. The summary goes to ``<out>/``:
+(``task.load_test(cfg)``) is the same for every run. A task's ``prepare(cfg, progress)`` runs once before any
+training (data caches built, data files checked). The summary goes to ``<out>/``:
 
     table.md, table.json    per variant: each metric aggregated over seeds (median, or mean and standard
                             deviation), the paper's figures labelled as the paper's, the per-seed values of
-                            the headline metric, the step time; table.json adds the per-step curves
+                            the headline metric, the step time (and the paper's training time, when the
+                            task gives it); rows for the paper's other methods; table.json adds the
+                            per-step curves
     <task.plot_file>        the headline metric on the test data against training steps
 
 Runs are independent, so ``--jobs`` trains several at once, each in its own spawned process (one per core
