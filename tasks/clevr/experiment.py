@@ -38,7 +38,7 @@ __all__ = ["ClevrConfig", "ClevrSet", "TASK", "BUDGETS", "VARIANTS", "PAPER_TABL
 
 VARIANT_NAMES = {"sa": "SA", "sa-sh": "SA-SH", "sa-emd": "SA-EMD", "sa-mesh": "SA-MESH"}
 VARIANTS = tuple(VARIANT_NAMES)
-METRICS = tuple(Metric(f"ap_{t:g}", f"AP{'∞' if math.isinf(t) else f'{t:g}'}", fmt=".1f", paper_fmt=".1f")
+METRICS = tuple(Metric(f"ap_{t:g}", f"AP{'∞' if math.isinf(t) else f'{t:g}'}", fmt=".2f", paper_fmt=".1f")
                 for t in CLEVR_AP_THRESHOLDS)
 _KEYS = [m.key for m in METRICS]
 
@@ -287,5 +287,5 @@ TASK = Task(
     load_train=_load_train, load_test=_load_test, build=_build, loss=_loss, evaluate=_evaluate, metrics=METRICS,
     paper=_paper, paper_label=_paper_label, budgets=BUDGETS, default_budget="cpu", describe=_describe,
     aggregate="mean", model_config=_model_config, validate=require_one_batch, add_arguments=_add_arguments,
-    options_from_args=_options_from_args, plot_file="ap_vs_steps.png", headline_key="ap_1", prepare=_prepare,
+    options_from_args=_options_from_args, plot_file="ap_vs_steps.png", prepare=_prepare,
     paper_time=lambda cfg: PAPER_HOURS[cfg.implicit_grad])

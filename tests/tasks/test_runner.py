@@ -177,11 +177,11 @@ def test_run_jobs_keeps_job_order_and_reports_each_job():
         run_jobs(_square_plus, [], 0)
 
 
-def test_prepare_paper_rows_paper_time_headline_and_label(tmp_path):
+def test_prepare_paper_rows_paper_time_and_label(tmp_path):
     """A task's prepare hook runs once before any work (and not when every run is reused); a ValueError from it
     is one line with nothing written. Names the paper lists that are not variants become rows of the paper's
-    figures alone; the paper's training times show with their ratio to time_vs's; headline_key picks the
-    per-seed column; a callable paper_label gets the options."""
+    figures alone; the paper's training times show with their ratio to time_vs's; a callable paper_label gets
+    the options."""
     prepared = []
 
     def prepare(cfg, progress):
@@ -190,7 +190,7 @@ def test_prepare_paper_rows_paper_time_headline_and_label(tmp_path):
             raise ValueError(f"data file for noise {cfg.noise:g} is broken")
 
     task = dataclasses.replace(
-        TOY, prepare=prepare, headline_key="mse", paper_label=lambda cfg: f"Table 0 at noise {cfg.noise:g}",
+        TOY, prepare=prepare, paper_label=lambda cfg: f"Table 0 at noise {cfg.noise:g}",
         paper=lambda cfg: {"zero": {"score": (90.0, 1.5)}, "Other method": {"score": 95.0, "mse": 0.5}},
         paper_time=lambda cfg: {"sa": 2.0, "zero": 3.0})
     out = tmp_path / "toy"
@@ -202,15 +202,13 @@ def test_prepare_paper_rows_paper_time_headline_and_label(tmp_path):
     assert summary["paper_label"] == "Table 0 at noise 0.1"
     assert [r["paper_time_h"] for r in summary["rows"]] == [2.0, 3.0]
     assert [r["paper_time_vs"] for r in summary["rows"]] == [1.0, 1.5]
-    mse = [r["metrics"]["mse"]["ours"] for r in summary["rows"]]
-    assert [r["per_seed"] for r in summary["rows"]] == [[m] for m in mse]
     other = summary["baselines"]["Other method"]["metrics"]
     assert other["score"] == {"ours": None, "paper": 95.0} and other["mse"] == {"ours": None, "paper": 0.5}
     table = (out / "table.md").read_text()
     assert "The paper's figures: Table 0 at noise 0.1." in table
     header = next(line for line in table.splitlines() if line.startswith("| model"))
     assert [c.strip() for c in header.strip("| ").split("|")][-4:] == [
-        "ours per seed (MSE)", "step time (ms)", "time vs Plain", "paper train time"]
+        "ours per seed (score)", "step time (ms)", "time vs Plain", "paper train time"]
     assert "| 3 h (1.50x) |" in table and "| Other method | - | 95 | - | 0.5 | - | - | - | - |" in table
 
     code, stdout, _ = run_main([*argv, "--resume"], task)  # every run finished: nothing to prepare
