@@ -244,6 +244,10 @@ def _paper(cfg: ClevrConfig) -> dict:
     return {**(PAPER_TABLE2 if cfg.implicit_grad else PAPER_TABLE6), **PAPER_OTHERS}
 
 
+def _paper_time(cfg: ClevrConfig) -> dict:
+    return PAPER_HOURS[cfg.implicit_grad]
+
+
 def _paper_label(cfg: ClevrConfig) -> str:
     if cfg.implicit_grad:
         return "Table 2 (with implicit differentiation, the dagger rows), AP in %, mean ± std of 5 seeds"
@@ -288,4 +292,4 @@ TASK = Task(
     paper=_paper, paper_label=_paper_label, budgets=BUDGETS, default_budget="cpu", describe=_describe,
     aggregate="mean", model_config=_model_config, validate=require_one_batch, add_arguments=_add_arguments,
     options_from_args=_options_from_args, plot_file="ap_vs_steps.png", prepare=_prepare,
-    paper_time=lambda cfg: PAPER_HOURS[cfg.implicit_grad])
+    paper_time=_paper_time)

@@ -3,6 +3,7 @@ targets, the resize, the AP metric read from Locatello et al.'s layout, the mode
 layouts and precisions), a tiny end-to-end run and its table, bad real data refused before any work, and Ctrl-C
 then --resume giving the uninterrupted run."""
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,11 @@ def test_end_to_end_writes_table_2_and_plot(finished):
     assert "16 evaluation images" in table and "32 training images at 32 x 32" in table and "3 steps of batch 16" in table
     assert (out / "ap_vs_steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table.strip() in stdout
+
+
+def test_the_task_goes_to_worker_processes():
+    """--jobs > 1 sends the task spec to spawned processes: everything in it must pickle."""
+    assert pickle.loads(pickle.dumps(experiment.TASK)) == experiment.TASK
 
 
 def test_budgets_and_table_6_options():
