@@ -2,10 +2,13 @@
 loss and the evaluation metrics of Zhang et al. (ICML 2023).
 
 Conventions: inputs x (B, n, input_dim), slots (B, n_slots, dim); attention plans (B, n, n_slots) with
-rows = inputs and columns = slots, as in ``kernels``.
+rows = inputs and columns = slots, as in ``kernels``. Images (B, C, H, W) in [-1, 1] for the
+object-discovery autoencoder of ``slots.vision``.
 """
-from .attention import ATTENTION_VARIANTS, COSTS, SLOT_INITS, OTConfig, SlotAttention, SlotAttentionConfig
+from .attention import (ATTENTION_VARIANTS, COSTS, MESH_OBJECTIVES, SLOT_INITS, OTConfig, SlotAttention,
+                        SlotAttentionConfig)
 from .losses import hungarian_huber_loss, hungarian_match, hungarian_mse_loss, pairwise_huber, pairwise_mse
+from .mesh_variants import LearnedObjective, MeshVariant, PairSimilarity, entropy_objective, mesh_autograd
 from .metrics import (
     CLEVR_AP_THRESHOLDS,
     clevr_average_precision,
@@ -13,6 +16,19 @@ from .metrics import (
     fg_miou,
     normalized_hungarian_rmse,
     temporal_consistency,
+)
+from .vision import (
+    AutoencoderOutput,
+    CNNEncoder,
+    DecoderConfig,
+    EncoderConfig,
+    SlotAutoencoder,
+    SlotAutoencoderConfig,
+    SoftPositionEmbed,
+    SpatialBroadcastDecoder,
+    build_grid,
+    image_autoencoder_config,
+    to_model_range,
 )
 
 __all__ = [
@@ -22,6 +38,12 @@ __all__ = [
     "ATTENTION_VARIANTS",
     "COSTS",
     "SLOT_INITS",
+    "MESH_OBJECTIVES",
+    "mesh_autograd",
+    "entropy_objective",
+    "LearnedObjective",
+    "PairSimilarity",
+    "MeshVariant",
     "hungarian_mse_loss",
     "hungarian_huber_loss",
     "hungarian_match",
@@ -33,4 +55,15 @@ __all__ = [
     "fg_ari",
     "fg_miou",
     "temporal_consistency",
+    "SlotAutoencoder",
+    "SlotAutoencoderConfig",
+    "AutoencoderOutput",
+    "EncoderConfig",
+    "DecoderConfig",
+    "CNNEncoder",
+    "SoftPositionEmbed",
+    "SpatialBroadcastDecoder",
+    "build_grid",
+    "image_autoencoder_config",
+    "to_model_range",
 ]

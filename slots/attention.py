@@ -15,7 +15,9 @@ Variants (picked from ``ATTENTION_VARIANTS``, a table of functions):
                gradient of its own; the Sinkhorn gradient stands in for it.
     "sa-mesh": C' = MESH(C) (Eq. 9, 11-12) and A = sinkhorn(C', a, b), warm-started from the potentials
                of MESH's last step (Eq. 10, App. D). The noise of MESH is drawn once per forward call and
-               shared by all iterations, as in the official code.
+               shared by all iterations, as in the official code. Its appendix variants (a learned step
+               size, the learned objective of App. I, the similarity regulariser of App. B; ``OTConfig``)
+               run the MESH steps of ``slots.mesh_variants`` instead of the fused kernel.
 
 Costs (``COSTS``): "l2" is the Euclidean distance ||k - q|| (not squared; this is what the official code
 computes with ``torch.cdist``, although Sec. 3 writes "e.g. L2 norm^2"); "l2sq" is its square (with
@@ -51,7 +53,12 @@ from torch import nn
 from kernels.exact import emd_attention
 from kernels.ot import mesh, sinkhorn
 
-__all__ = ["OTConfig", "SlotAttentionConfig", "SlotAttention", "COSTS", "ATTENTION_VARIANTS", "SLOT_INITS"]
+from .mesh_variants import MeshVariant
+
+__all__ = ["OTConfig", "SlotAttentionConfig", "SlotAttention", "COSTS", "ATTENTION_VARIANTS", "SLOT_INITS",
+           "MESH_OBJECTIVES"]
+
+MESH_OBJECTIVES = ("entropy", "learned")
 
 
 def _check_positive_int(name: str, value, minimum: int = 1) -> None:
@@ -84,6 +91,18 @@ class OTConfig:
         backend: OT backend (``kernels.sinkhorn``'s ``backend``): None picks Triton on CUDA and the
             fused C++ loops on CPU; "torch" the plain PyTorch path; "cpp", "compile" (the PyTorch path
             under torch.compile) and "triton" force theirs.
+        learn_mesh_lr: "sa-mesh" only: the step size is a learned parameter starting at ``mesh_lr`` (the
+            official code's ``learn_mesh_lr``). With ``straight_through`` it gets the first-order gradient
+            -sum_t g_t / ||g_t|| (each step's gradient a constant, as in the official code).
+        mesh_objective: "sa-mesh" only: "entropy" (Eq. 9) or "learned" (App. I: a scalar 2-layer MLP with
+            32 hidden units applied to every entry of the plan and summed); "learned" needs
+            ``straight_through=False``, since the MLP acts on MESH's output only through its gradient steps.
+        similarity_alpha: "sa-mesh" only: alpha of App. B, Eq. 13, the weight of ||P' S - sinkhorn(C)||^2
+            with S the column softmax of a learned network g on pairs of slots; 0 (default) turns it off.
+            > 0 needs ``straight_through=False`` (g is learned through the gradient steps).
+
+    The last three turn on ``slots.mesh_variants`` (plain autograd MESH steps, no fused kernel; the
+    ``backend`` then applies to the final Sinkhorn only).
     """
 
     n_sh_iters: int = 5
@@ -96,6 +115,9 @@ class OTConfig:
     learned_marginals: bool = True
     normalize_plan: bool = True
     backend: str | None = None
+    learn_mesh_lr: bool = False
+    mesh_objective: str = "entropy"
+    similarity_alpha: float = 0.0
 
     def __post_init__(self):
         _check_positive_int("OTConfig.n_sh_iters", self.n_sh_iters)
@@ -103,12 +125,25 @@ class OTConfig:
         _check_positive_float("OTConfig.tau", self.tau)
         _check_positive_float("OTConfig.mesh_lr", self.mesh_lr, allow_zero=True)
         _check_positive_float("OTConfig.noise_scale", self.noise_scale, allow_zero=True)
-        for name in ("reuse_uv", "straight_through", "learned_marginals", "normalize_plan"):
+        _check_positive_float("OTConfig.similarity_alpha", self.similarity_alpha, allow_zero=True)
+        for name in ("reuse_uv", "straight_through", "learned_marginals", "normalize_plan", "learn_mesh_lr"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"OTConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.backend not in (None, "torch", "cpp", "compile", "triton"):
             raise ValueError(
                 f"OTConfig.backend must be None, 'torch', 'cpp', 'compile' or 'triton', got {self.backend!r}")
+        if self.mesh_objective not in MESH_OBJECTIVES:
+            raise ValueError(f"OTConfig.mesh_objective must be one of {MESH_OBJECTIVES}, got {self.mesh_objective!r}")
+        if self.learn_mesh_lr and self.mesh_lr == 0:
+            raise ValueError("OTConfig.learn_mesh_lr needs mesh_lr > 0 (the learned step size starts there, "
+                             "in log space)")
+        if self.straight_through and (self.mesh_objective == "learned" or self.similarity_alpha > 0):
+            raise ValueError("OTConfig.mesh_objective='learned' and similarity_alpha > 0 need straight_through=False: "
+                             "their networks act on MESH's output only through its gradient steps")
+
+    def mesh_variant(self) -> bool:
+        """Whether an appendix variant of MESH (``slots.mesh_variants``) is on."""
+        return self.learn_mesh_lr or self.mesh_objective != "entropy" or self.similarity_alpha > 0
 
 
 @dataclass
@@ -124,8 +159,9 @@ class SlotAttentionConfig:
         n_iters: slot-attention iterations, >= 1.
         mlp_hidden: hidden width of the residual slot MLP and of the marginal MLPs.
         init: "learned" (Gaussian with learned mean and log-std, sampled per call), "fixed" (N(0, I),
-            nothing learned) or "equal" (every slot the same learned vector; Sec. 4.1). Ignored when
-            slots are passed to ``forward``.
+            nothing learned), "equal" (every slot the same learned vector; Sec. 4.1) or "per_slot" (one
+            learned vector per slot, no sampling: the learned initialization of App. H and Locatello et
+            al.'s App. B). Ignored when slots are passed to ``forward``.
         implicit_grad: first-order implicit differentiation of Chang et al. (2022).
         eps: added to the plan before normalizing over inputs (1e-8 as Locatello et al.).
         ot: :class:`OTConfig` (a dict is converted, so a config read back from JSON works).
@@ -156,6 +192,9 @@ class SlotAttentionConfig:
             self.ot = OTConfig(**self.ot)
         if not isinstance(self.ot, OTConfig):
             raise ValueError(f"ot must be an OTConfig or a dict of its fields, got {type(self.ot).__name__}")
+        if self.ot.mesh_variant() and self.variant != "sa-mesh":
+            raise ValueError(f"OTConfig.learn_mesh_lr, mesh_objective and similarity_alpha are options of 'sa-mesh', "
+                             f"not of {self.variant!r}")
 
     def to_dict(self) -> dict:
         """Plain nested dict (JSON-serializable); ``SlotAttentionConfig(**d)`` restores it."""
@@ -276,10 +315,15 @@ def _init_equal(module: "SlotAttention", B: int, device, dtype) -> torch.Tensor:
     return module.slots_mu.expand(B, module.config.n_slots, module.config.dim)
 
 
+def _init_per_slot(module: "SlotAttention", B: int, device, dtype) -> torch.Tensor:
+    return module.slots_init.expand(B, module.config.n_slots, module.config.dim)
+
+
 SLOT_INITS: dict[str, Callable[..., torch.Tensor]] = {
     "learned": _init_learned,
     "fixed": _init_fixed,
     "equal": _init_equal,
+    "per_slot": _init_per_slot,
 }
 
 
@@ -322,10 +366,13 @@ class SlotAttention(nn.Module):
         if self._variant.is_ot and config.ot.learned_marginals:
             self.input_marginal = _scalar_mlp(d_in, hidden)
             self.slot_marginal = _scalar_mlp(d, hidden)
+        self.mesh_variant = MeshVariant(config.ot, d, hidden) if config.ot.mesh_variant() else None
         if config.init in ("learned", "equal"):
             self.slots_mu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, 1, d)))
         if config.init == "learned":
             self.slots_log_sigma = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, 1, d)))
+        if config.init == "per_slot":
+            self.slots_init = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, config.n_slots, d)))
 
     # -----------------------------------------------------------------------------------------------
     def _input_marginal(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
@@ -418,7 +465,10 @@ class SlotAttention(nn.Module):
         q = self.to_q(zn)  # (B, m, dim)
         C = self._cost(k, q)  # (B, n, m): rows are inputs, columns are slots
         b = self._slot_marginal(zn) if self._variant.is_ot else None  # (B, m)
-        plan = self._variant.plan(C, a, b, noise, cfg.ot)  # (B, n, m)
+        if self.mesh_variant is not None:  # App. B / App. I / learned step size
+            plan = self.mesh_variant(C, a, b, noise, zn)  # (B, n, m)
+        else:
+            plan = self._variant.plan(C, a, b, noise, cfg.ot)  # (B, n, m)
         if self._variant.is_ot and not cfg.ot.normalize_plan:
             weights = plan
         else:
@@ -442,8 +492,16 @@ class SlotAttention(nn.Module):
             the last iteration before normalization over inputs (rows are inputs, columns are slots):
             for "sa" each row sums to 1, for the OT variants rows sum to a and columns to b (2a and 2b for
             "sa-emd").
+
+        Under ``torch.autocast`` slot attention still runs in x's dtype (autocast is switched off inside):
+        the OT kernels take float32 / float64 only.
         """
         self._check_inputs(x, slots)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._run(x, slots)
+
+    def _run(self, x: torch.Tensor, slots: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` after the input checks: x (B, n, input_dim), slots (B, n_slots, dim) or None."""
         cfg = self.config
         B, n, _ = x.shape
         k, v, hidden = self._input_projections(x)  # (B, n, dim) each: to_k, to_v of LN(x)

@@ -15,11 +15,11 @@ the initial parameters, the training data (``task.load_train(cfg, seed)``) and t
 (``task.load_test(cfg)``) is the same for every run. A task's ``prepare(cfg, progress)`` runs once before any
 training (data caches built, data files checked). The summary goes to ``<out>/``:
 
-    table.md, table.json    per variant: each metric aggregated over seeds (median, or mean and standard
-                            deviation), the paper's figures labelled as the paper's, the per-seed values of
-                            the headline metric, the step time (and the paper's training time, when the
-                            task gives it); rows for the paper's other methods; table.json adds the
-                            per-step curves
+    table.md, table.json    per variant: each metric aggregated over seeds (the median with its range, or
+                            the mean and standard deviation), the paper's figures labelled as the paper's,
+                            the per-seed values of the headline metric, the step time (and the paper's
+                            training time, when the task gives it); rows for the paper's other methods;
+                            table.json adds the per-step curves
     <task.plot_file>        the headline metric on the test data against training steps
 
 Runs are independent, so ``--jobs`` trains several at once, each in its own spawned process (one per core
@@ -309,7 +309,7 @@ def run(task: Task, exp: Experiment) -> dict:
     Returns:
         The summary written to table.json: "task", "config" (the task options, the budget and the grid),
         "describe" (the table's sentence), "rows" (per variant: "variant", "name", "metrics" {key: {"ours",
-        "std", "per_seed", "paper"}}, and for the headline "ours", "per_seed", "paper"; "step_ms", "time_vs"),
+        "std", "min", "max", "per_seed", "paper"}}, and for the headline "ours", "per_seed", "paper"; "step_ms", "time_vs"),
         "baselines" {name: {"metrics": {key: {"ours", "paper"}}}}, "curves" (per variant, per seed).
 
     Raises:
@@ -376,11 +376,13 @@ def _curves(path: Path, metrics: tuple[Metric, ...]) -> dict:
     return curves
 
 
-def _aggregate(values: list[float], how: str) -> tuple[float, float | None]:
-    """(median or mean, standard deviation over seeds or None for one seed / the median)."""
+def _aggregate(values: list[float], how: str) -> dict:
+    """{"ours": median or mean, "std": standard deviation over seeds (mean only, with several seeds) or None,
+    "min", "max"}."""
+    spread = {"min": min(values), "max": max(values)}
     if how == "median":
-        return statistics.median(values), None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+        return {"ours": statistics.median(values), "std": None, **spread}
+    return {"ours": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None, **spread}
 
 
 def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
@@ -391,8 +393,8 @@ def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
         cells = {}
         for m in task.metrics:
             per_seed = [results[v, s]["eval"][m.key] for s in range(exp.seeds)]
-            ours, std = _aggregate(per_seed, task.aggregate)
-            cells[m.key] = {"ours": ours, "std": std, "per_seed": per_seed, "paper": paper.get(v, {}).get(m.key)}
+            cells[m.key] = {**_aggregate(per_seed, task.aggregate), "per_seed": per_seed,
+                            "paper": paper.get(v, {}).get(m.key)}
         step_ms = [results[v, s]["train_step_ms"] for s in range(exp.seeds)]
         step_ms = [t for t in step_ms if t is not None]
         head = cells[task.headline.key]
@@ -435,6 +437,8 @@ def _fmt_ours(cell: dict, metric: Metric) -> str:
     text = format(cell["ours"], metric.fmt)
     if cell.get("std") is not None:
         text += " ± " + format(cell["std"], metric.fmt)
+    elif len(cell.get("per_seed", ())) > 1:  # a median: its range over seeds
+        text += f" [{cell['min']:{metric.fmt}}, {cell['max']:{metric.fmt}}]"
     return text
 
 
@@ -519,6 +523,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def float_at_least_zero(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def int_at_least(minimum: int):
     """argparse type: an integer >= ``minimum``."""
     def parse(text: str) -> int:
@@ -548,6 +563,8 @@ def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
     steps_group.add_argument("--steps", type=int_at_least(1), help="optimizer steps per run (default: the budget's)")
     p.add_argument("--batch-size", type=int_at_least(1), help="batch size (default: the budget's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the budget's)")
+    p.add_argument("--grad-clip", type=float_at_least_zero,
+                   help="clip the global gradient norm to this value, 0: no clipping (default: the budget's)")
     p.add_argument("--eval-every", type=int_at_least(0), help="steps between test evaluations (default: the budget's)")
     p.add_argument("--ckpt-every", type=int_at_least(0), help="steps between checkpoints (default: the budget's)")
     p.add_argument("--out", help=f"run folder (default runs/{task.name}/...)")
@@ -577,7 +594,7 @@ def experiment_from_args(task: Task, args: argparse.Namespace, default_out: Call
     if getattr(args, "backend", None) is not None:
         options["backend"] = args.backend
     cfg = task.config(**options)
-    schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "eval_every", "ckpt_every")
+    schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_clip", "eval_every", "ckpt_every")
                 if getattr(args, k, None) is not None}
     budget = replace(budget, **schedule)
     out = args.out or (default_out(cfg) if default_out else f"runs/{task.name}/{args.budget}")

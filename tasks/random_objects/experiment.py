@@ -3,8 +3,10 @@ as a spec of the shared runner (``tasks.runner``).
 
 The training set of seed s is ``make_split("train", n_train, sigma, s)``; the test set is the same for every
 seed and variant (``make_split("test", n_test, sigma, 0)``, a different stream). The metric is the RMSE of the
-Hungarian-matched (prediction, object) pairs over the whole test set, divided by sigma; predicting zeros
-scores about 1 and is printed as a baseline row.
+Hungarian-matched (prediction, object) pairs over the whole test set, divided by sigma. Two reference rows
+are printed with the variants: predicting zeros (about 1), and ideal routing (:func:`ideal_routing_rmse`: the
+best any model can do that sees each object through the input LayerNorm and reads it out linearly; variants
+within noise of it are at a ceiling of the set-up, not ranked by it).
 
 Known limits: SA-EMD solves exact OT on the CPU for every example and iteration, so it is the slowest variant.
 """
@@ -13,14 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from slots import OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
+from slots import MESH_OBJECTIVES, OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
 
 from ..runner import BACKENDS, Budget, Metric, Task, require_one_batch
 from ..runner import format_table as _format_table
 from .data import make_split
-from .model import ModelConfig, RandomObjectsModel
+from .model import HEADS, ModelConfig, RandomObjectsModel
 
-__all__ = ["RandomObjectsConfig", "PAPER_TABLE1", "VARIANTS", "TASK", "BUDGETS", "format_table"]
+__all__ = ["RandomObjectsConfig", "PAPER_TABLE1", "VARIANTS", "TASK", "BUDGETS", "format_table", "ideal_routing_rmse",
+           "IDEAL_ROUTING"]
 
 VARIANT_NAMES = {"sa": "SA", "sa-sh": "SA-SH", "sa-emd": "SA-EMD", "sa-mesh": "SA-MESH"}
 VARIANTS = tuple(VARIANT_NAMES)
@@ -48,6 +51,8 @@ class RandomObjectsConfig:
         n_train, n_test: training and test examples. n_objects, n_background, dim: the data (5, 100, 32).
         eval_batch: examples per forward pass during evaluation.
         head, n_iters, mesh_lr, mesh_iters: model options (see ``model.ModelConfig``, ``slots.OTConfig``).
+        straight_through, learn_mesh_lr, mesh_objective, similarity_alpha: SA-MESH's options (``slots.OTConfig``;
+            the MESH variants of App. B and I); the other variants ignore them.
         backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch.
     """
 
@@ -62,6 +67,10 @@ class RandomObjectsConfig:
     n_iters: int = 3
     mesh_lr: float = 8.0
     mesh_iters: int = 4
+    straight_through: bool = True
+    learn_mesh_lr: bool = False
+    mesh_objective: str = "entropy"
+    similarity_alpha: float = 0.0
     backend: str = "auto"
 
     def __post_init__(self):
@@ -81,9 +90,13 @@ class RandomObjectsConfig:
     def model(self, variant: str) -> ModelConfig:
         """The model configuration of one variant."""
         backend = None if self.backend == "auto" else self.backend
+        mesh = {}
+        if variant == "sa-mesh":
+            mesh = dict(straight_through=self.straight_through, learn_mesh_lr=self.learn_mesh_lr,
+                        mesh_objective=self.mesh_objective, similarity_alpha=self.similarity_alpha)
         return ModelConfig(variant=variant, n_slots=self.n_objects, dim=self.dim, n_iters=self.n_iters,
                            head=self.head, ot=OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters,
-                                                       backend=backend))
+                                                       backend=backend, **mesh))
 
 
 def _paper(cfg: RandomObjectsConfig) -> dict:
@@ -124,9 +137,38 @@ def _evaluate(model, test, cfg: RandomObjectsConfig) -> dict:
     return {"rmse_norm": rmse, "mse": (rmse * cfg.sigma) ** 2}
 
 
+IDEAL_ROUTING = "ideal routing, linear read-out"
+
+
+def ideal_routing_rmse(objects: torch.Tensor, sigma: float, eps: float = 1e-5) -> float:
+    """The floor of a model that sees each object only through LayerNorm (as slot attention's inputs do).
+
+    With an ideal plan every slot receives exactly one object x through LN(x), which removes x's mean over
+    its features and (up to ``eps``) its scale. The best affine read-out of LN(x), fitted by least squares on
+    ``objects`` themselves, leaves this normalized RMSE: no variant whose slots pass through the input
+    LayerNorm and a linear read-out can do better on these objects, so variants within noise of it cannot
+    be ranked.
+
+    Args:
+        objects: (N, k, dim) the test objects. sigma: their standard deviation. eps: the LayerNorm's eps.
+
+    Returns:
+        The normalized Hungarian RMSE (``slots.normalized_hungarian_rmse``) of the fitted read-out.
+    """
+    x = objects.double().reshape(-1, objects.shape[2])  # (N k, dim)
+    features = torch.nn.functional.layer_norm(x, x.shape[1:], eps=eps)
+    # LN's features sum to zero, so the last one is redundant; without it the least-squares problem has full
+    # rank and one solution
+    design = torch.cat([features[:, :-1], torch.ones_like(x[:, :1])], 1)  # (N k, dim): affine read-out
+    weights = torch.linalg.lstsq(design, x).solution  # (dim, dim)
+    pred = (design @ weights).reshape(objects.shape).to(objects.dtype)
+    return float(normalized_hungarian_rmse(pred, objects, sigma))
+
+
 def _baselines(cfg: RandomObjectsConfig, test) -> dict:
     zeros = float(normalized_hungarian_rmse(torch.zeros_like(test.objects), test.objects, cfg.sigma))
-    return {"always zeros": {"rmse_norm": zeros}}
+    return {"always zeros": {"rmse_norm": zeros},
+            IDEAL_ROUTING: {"rmse_norm": ideal_routing_rmse(test.objects, cfg.sigma, torch.nn.LayerNorm(cfg.dim).eps)}}
 
 
 def _model_config(cfg: RandomObjectsConfig, variant: str) -> dict:
@@ -140,7 +182,7 @@ def _describe(cfg: RandomObjectsConfig, budget: Budget, seeds: int) -> str:
 
 
 def _add_arguments(p, steps_group) -> None:
-    from ..runner import int_at_least, positive_float
+    from ..runner import float_at_least_zero, int_at_least, positive_float
 
     p.add_argument("--sigma", type=positive_float, default=0.01, help="standard deviation of the objects")
     p.add_argument("--quick", action="store_const", const="quick", dest="budget",
@@ -149,10 +191,23 @@ def _add_arguments(p, steps_group) -> None:
                    help="epochs per run, each n_train / batch_size steps (instead of --steps)")
     p.add_argument("--n-train", type=int_at_least(1), default=64_000, help="training examples")
     p.add_argument("--n-test", type=int_at_least(1), help="test examples (default 6,400; --quick 1,280)")
+    p.add_argument("--head", choices=HEADS, default="linear",
+                   help="read-out of the slots: a linear map (zero-initialised) or none (slots are the predictions)")
+    mesh = p.add_argument_group("SA-MESH options (the MESH variants of App. B and I; other variants ignore them)")
+    mesh.add_argument("--no-straight-through", action="store_true",
+                      help="differentiate through the MESH steps (needed by --mesh-objective learned and "
+                           "--similarity-alpha)")
+    mesh.add_argument("--learn-mesh-lr", action="store_true", help="learn the MESH step size, starting at 8")
+    mesh.add_argument("--mesh-objective", choices=MESH_OBJECTIVES, default="entropy",
+                      help="what MESH minimizes: the entropy (Eq. 9) or a learned elementwise objective (App. I)")
+    mesh.add_argument("--similarity-alpha", type=float_at_least_zero, default=0.0,
+                      help="weight of App. B's similarity regulariser (Eq. 13); 0: off")
 
 
 def _options_from_args(args) -> dict:
-    options = {"sigma": args.sigma, "n_train": args.n_train}
+    options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head,
+               "straight_through": not args.no_straight_through, "learn_mesh_lr": args.learn_mesh_lr,
+               "mesh_objective": args.mesh_objective, "similarity_alpha": args.similarity_alpha}
     if args.n_test is not None:
         options["n_test"] = args.n_test
     return options

@@ -306,3 +306,32 @@ def test_folded_input_projections_equal_the_modules(learned):
         assert (g is None) == (g_ref is None)
         if g is not None:
             torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_per_slot_init_is_one_learned_vector_per_slot():
+    sa = make("sa", cost="dot", init="per_slot")
+    assert {n for n, _ in sa.named_parameters() if n.startswith("slots_")} == {"slots_init"}
+    init = sa._init(sa, 3, torch.device("cpu"), torch.float32)
+    assert init.shape == (3, 4, 8) and (init == sa.slots_init).all()
+    dist = torch.cdist(sa.slots_init[0], sa.slots_init[0])
+    assert dist[~torch.eye(4, dtype=torch.bool)].min() > 0  # distinct slots
+    x = torch.randn(3, 7, 6)
+    a, _ = sa(x)
+    b, _ = sa(x)
+    torch.testing.assert_close(a, b)  # nothing sampled: "sa" is deterministic
+    a.sum().backward()
+    assert sa.slots_init.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", ["sa", "sa-mesh"])
+def test_runs_in_float32_under_bf16_autocast(variant):
+    sa = make(variant, cost="dot" if variant == "sa" else "l2")
+    x = torch.randn(2, 9, 6)
+    torch.manual_seed(0)
+    ref, ref_attn = sa(x)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        slots, attn = sa(x)
+    assert slots.dtype == attn.dtype == torch.float32
+    torch.testing.assert_close(slots, ref)
+    torch.testing.assert_close(attn, ref_attn)

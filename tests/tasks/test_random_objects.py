@@ -122,6 +122,12 @@ def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, match, run_main)
     assert not out.exists()
 
 
+def test_learned_objective_without_differentiating_mesh_exits_2(tmp_path, run_main):
+    code, _, stderr = run_main(["--mesh-objective", "learned", "--out", tmp_path / "run"])
+    assert code == 2 and "error: OTConfig.mesh_objective='learned' and similarity_alpha > 0 need " in stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_inconsistent_sizes_exit_2_and_write_nothing(tmp_path, run_main):
     out = tmp_path / "run"
     code, _, stderr = run_main([*TINY, "--n-train", "16", "--out", out])
@@ -145,6 +151,13 @@ def test_config_from_args_precedence():
     assert quick.budget.eval_every == BUDGETS["quick"].eval_every == 250
     epochs = config_from_args(parse(["--epochs", "2", "--n-train", "100", "--batch-size", "32", "--out", "o"]))
     assert epochs.budget.steps == 6
+    head = config_from_args(parse(["--head", "none", "--out", "o"]))
+    assert head.config.head == "none" and head.config.model("sa").head == "none"
+    variant = config_from_args(parse(["--no-straight-through", "--learn-mesh-lr", "--mesh-objective", "learned",
+                                      "--similarity-alpha", "0.5", "--out", "o"])).config
+    ot = variant.model("sa-mesh").ot
+    assert (ot.straight_through, ot.learn_mesh_lr, ot.mesh_objective, ot.similarity_alpha) == (False, True, "learned", 0.5)
+    assert variant.model("sa-sh").ot == RandomObjectsConfig().model("sa-sh").ot  # other variants ignore them
     default = config_from_args(parse(["--sigma", "0.1"]))
     assert default.out == "runs/random_objects/sigma_0.1" and default.variants == experiment.VARIANTS
 
@@ -224,7 +237,7 @@ def test_resume_reuses_finished_run(copy_of, run_main):
     assert "== SA" not in stdout  # nothing trained
     for name in ("sa/seed0/ckpt.pt", "sa/seed0/results.json", "sa/seed0/metrics.jsonl"):
         assert after[name] == before[name]
-    assert after["table.md"][0] == before["table.md"][0]  # the same table, written again
+    assert after["table.md"][0].decode() == before["table.md"][0].decode()  # the same table, written again
 
 
 def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, run_main, ctrl_c_at_step_2,
@@ -284,3 +297,37 @@ def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path, run_main):
         assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
     tables = [json.loads((tmp_path / mode / "table.json").read_text())["rows"] for mode in ("serial", "parallel")]
     assert [r["ours"] for r in tables[0]] == [r["ours"] for r in tables[1]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ideal-routing floor and the spread over seeds
+
+
+def test_ideal_routing_floor():
+    from tasks.random_objects.data import make_split
+
+    g = torch.Generator().manual_seed(0)
+    # objects with zero mean over their features and one norm: LayerNorm only rescales them, so a linear
+    # read-out recovers them exactly
+    x = torch.randn(200, 5, 32, generator=g, dtype=torch.float64)
+    x = x - x.mean(2, keepdim=True)
+    x = x / x.norm(dim=2, keepdim=True)
+    assert experiment.ideal_routing_rmse(x, 0.2) < 1e-6
+    # Gaussian objects lose their mean and scale: the floor lies between the mean-only loss sqrt(1 / 32) and
+    # what the plain rescaled LayerNorm output scores, and (eps aside) does not depend on sigma
+    test = make_split("test", 2_000, 1.0, 0)
+    floor = experiment.ideal_routing_rmse(test.objects, 1.0)
+    rescaled = torch.nn.functional.layer_norm(test.objects, (32,))
+    assert (1 / 32) ** 0.5 < floor < float(experiment.normalized_hungarian_rmse(rescaled, test.objects, 1.0))
+    small = make_split("test", 2_000, 0.1, 0)
+    assert experiment.ideal_routing_rmse(small.objects, 0.1) == pytest.approx(floor, abs=2e-3)
+
+
+def test_table_shows_floor_and_median_range(finished):
+    summary = json.loads((finished[0] / "table.json").read_text())
+    floor = summary["baselines"][experiment.IDEAL_ROUTING]["metrics"]["rmse_norm"]
+    assert floor["paper"] is None and 0.15 < floor["ours"] < 0.3
+    assert f"| {experiment.IDEAL_ROUTING} | {floor['ours']:.3f} | - |" in format_table(summary)
+    row = summary["rows"][0]
+    row["metrics"]["rmse_norm"].update(per_seed=[0.5, 0.7, 0.6], ours=0.6, min=0.5, max=0.7)
+    assert "| SA | 0.600 [0.500, 0.700] | 0.65 |" in format_table(summary)

@@ -139,8 +139,10 @@ def test_budget_overrides_and_explicit_options():
     parse = runner.build_parser(TOY).parse_args
     paper = runner.experiment_from_args(TOY, parse(["--budget", "paper"]))
     assert paper.budget.steps == 10 and paper.config.n_train == 128 and paper.out == "runs/toy/paper"
-    mine = runner.experiment_from_args(TOY, parse(["--budget", "paper", "--steps", "4", "--lr", "0.1"]))
+    mine = runner.experiment_from_args(TOY, parse(["--budget", "paper", "--steps", "4", "--lr", "0.1",
+                                                   "--grad-clip", "0"]))
     assert mine.budget.steps == 4 and mine.budget.lr == 0.1 and mine.budget.batch_size == 16
+    assert mine.budget.grad_clip == 0 and paper.budget.grad_clip == 1.0
     train_cfg = mine.train_config(TOY, "sa", 1)
     assert train_cfg.warmup_steps == 0 and train_cfg.decay_steps == 1 and train_cfg.seed == 1
     assert train_cfg.out_dir == str(Path("runs/toy/paper/sa/seed1"))
@@ -156,6 +158,18 @@ def test_unusable_out_folder_is_refused_before_any_work(tmp_path, where):
     assert stderr.count("\n") == 1 and stderr.startswith(f"error: run folder {out} ")
     assert ("is a file" if where == "file" else f"is under {blocker}, which is a file") in stderr
     assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--grad-clip", "-1"], "argument --grad-clip: must be a finite number >= 0, got -1"),
+    (["--grad-clip", "x"], "argument --grad-clip: 'x' is not a number"),
+    (["--budget", "gpu"], "argument --budget: invalid choice"),
+    (["--variant", "sa-foo"], "argument --variant: invalid choice"),
+])
+def test_bad_arguments_exit_2(tmp_path, args, match):
+    code, _, stderr = run_main([*args, "--out", tmp_path / "x"])
+    assert code == 2 and match in stderr and "usage:" in stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_task_validation_runs_before_any_work(tmp_path):
