@@ -31,7 +31,7 @@ from ..pool import cores
 from ..runner import BACKENDS, Budget, Metric, Task, require_one_batch
 from ..scenes.records import DataFormatError
 from .data import SET_PREDICTION_LAYOUT, SET_PREDICTION_SLICES, load_clevr, resize_images, set_prediction_targets
-from .model import CONV_DTYPES, ClevrModelConfig, ClevrSetModel, default_conv_dtype
+from .model import ClevrModelConfig, ClevrSetModel, bf16_is_native
 
 __all__ = ["ClevrConfig", "ClevrSet", "TASK", "BUDGETS", "VARIANTS", "PAPER_TABLE2", "PAPER_TABLE6",
            "PAPER_OTHERS", "load_split", "average_precisions"]
@@ -90,8 +90,8 @@ class ClevrConfig:
             the val split); real data must have at least that many.
         image_size: side of the square input images (128: the paper's), a multiple of 4.
         implicit_grad: implicit differentiation of the slots (Table 2); False: Table 6.
-        conv_dtype: "bfloat16" (autocast) or "float32" for the convolutions; "auto" picks bfloat16 where the
-            hardware has it (``model.default_conv_dtype``) and is replaced by the choice.
+        bf16: the convolutions under bfloat16 autocast; None picks it where the hardware has native bfloat16
+            (``model.bf16_is_native``) and is replaced by the choice.
         eval_batch: images per forward pass during evaluation.
         mesh_lr, mesh_iters: MESH's step size and steps (``slots.OTConfig``).
         backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch.
@@ -102,7 +102,7 @@ class ClevrConfig:
     n_test: int = 15_000
     image_size: int = 128
     implicit_grad: bool = True
-    conv_dtype: str = "auto"
+    bf16: bool | None = None
     eval_batch: int = 250
     mesh_lr: float = 8.0
     mesh_iters: int = 4
@@ -117,10 +117,10 @@ class ClevrConfig:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if not isinstance(self.implicit_grad, bool):
             raise ValueError(f"implicit_grad must be a bool, got {self.implicit_grad!r}")
-        if self.conv_dtype == "auto":
-            self.conv_dtype = default_conv_dtype()
-        if self.conv_dtype not in CONV_DTYPES:
-            raise ValueError(f"conv_dtype must be 'auto' or one of {sorted(CONV_DTYPES)}, got {self.conv_dtype!r}")
+        if self.bf16 is None:
+            self.bf16 = bf16_is_native()
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16 must be a bool or None, got {self.bf16!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         self.model("sa-mesh")  # validates the model options
@@ -130,7 +130,7 @@ class ClevrConfig:
         backend = None if self.backend == "auto" else self.backend
         return ClevrModelConfig.of(variant, self.implicit_grad,
                                    OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters, backend=backend),
-                                   image_size=self.image_size, conv_dtype=self.conv_dtype)
+                                   image_size=self.image_size, bf16=self.bf16)
 
 
 class ClevrSet:
@@ -260,7 +260,7 @@ def _describe(cfg: ClevrConfig, budget: Budget, seeds: int) -> str:
     return (f"CLEVR property prediction: AP in % (higher is better) on {cfg.n_test:,} evaluation images; {source}, "
             f"{cfg.n_train:,} training images at {cfg.image_size} x {cfg.image_size}; {budget.steps:,} steps of "
             f"batch {budget.batch_size}, learning rate {budget.lr:g}; implicit differentiation {implicit}; "
-            f"convolutions in {cfg.conv_dtype}; mean ± std over {seeds} seed(s).")
+            f"convolutions in {'bfloat16' if cfg.bf16 else 'float32'}; mean ± std over {seeds} seed(s).")
 
 
 def _add_arguments(p, steps_group) -> None:
@@ -274,12 +274,13 @@ def _add_arguments(p, steps_group) -> None:
                                                               "budget's; the paper's is 128)")
     p.add_argument("--no-implicit-grad", action="store_true",
                    help="train without implicit differentiation of the slots (the paper's Table 6)")
-    p.add_argument("--conv-dtype", choices=["auto", *CONV_DTYPES], default="auto",
-                   help="precision of the convolutions: auto = bfloat16 where the hardware has it")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="convolutions under bfloat16 autocast: auto = where the hardware has native bfloat16")
 
 
 def _options_from_args(args) -> dict:
-    options = {"data_dir": args.data_dir, "implicit_grad": not args.no_implicit_grad, "conv_dtype": args.conv_dtype}
+    options = {"data_dir": args.data_dir, "implicit_grad": not args.no_implicit_grad,
+               "bf16": {"auto": None, "on": True, "off": False}[args.bf16]}
     for name in ("n_train", "n_test", "image_size"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)

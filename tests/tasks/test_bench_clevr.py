@@ -70,8 +70,7 @@ def test_bench_train_step_vs_plain_float32(benchmark, bench_record, role):
     benchmark.group = f"clevr: train step, ours vs plain float32 (B={B}, {IMAGE}x{IMAGE})"
     ours = role == "ours"
     torch.manual_seed(0)
-    model = ClevrSetModel(ClevrModelConfig.of("sa-mesh", image_size=IMAGE, conv_dtype="bfloat16" if ours else "float32",
-                                              channels_last=ours))
+    model = ClevrSetModel(ClevrModelConfig.of("sa-mesh", image_size=IMAGE, bf16=ours, channels_last=ours))
     loss = benchmark.pedantic(_train_step(model, *_batch(ours)), rounds=3, iterations=1, warmup_rounds=1)
     bench_record(role, "bf16 autocast convolutions, channels-last" if ours else "float32, NCHW, eager")
     assert torch.isfinite(loss)
@@ -81,7 +80,7 @@ def test_bench_train_step_vs_plain_float32(benchmark, bench_record, role):
 def test_bench_train_step_per_variant(benchmark, bench_record, role, variant):
     benchmark.group = f"clevr: train step per variant (B={B}, 1024 inputs, 10 slots)"
     torch.manual_seed(0)
-    model = ClevrSetModel(ClevrModelConfig.of(variant, image_size=IMAGE, conv_dtype="bfloat16"))
+    model = ClevrSetModel(ClevrModelConfig.of(variant, image_size=IMAGE, bf16=True))
     loss = benchmark.pedantic(_train_step(model, *_batch(True)), rounds=3, iterations=1, warmup_rounds=1)
     bench_record(role, variant + (f", EMD on {emd_threads()} thread(s)" if variant == "sa-emd" else ""))
     assert torch.isfinite(loss)
