@@ -20,6 +20,8 @@ Choices the paper leaves open, and the ones made here: the attention cost per va
 random-objects model (``tasks.random_objects.model.DEFAULT_COSTS``: "dot" for SA, "l2" for the OT
 variants); the learned-Gaussian slot initialization; symmetric zero padding of 2 for every convolution
 (TensorFlow's "SAME" pads the stride-2 layers asymmetrically; the output sizes are the same).
+
+Known limits: images must be S x S (the position grid is built for the configured size).
 """
 from dataclasses import asdict, dataclass
 

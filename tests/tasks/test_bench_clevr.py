@@ -81,7 +81,7 @@ def test_bench_train_step_per_variant(benchmark, bench_record, role, variant):
     benchmark.group = f"clevr: train step per variant (B={B}, 1024 inputs, 10 slots)"
     torch.manual_seed(0)
     model = ClevrSetModel(ClevrModelConfig.of(variant, image_size=IMAGE, bf16=True))
-    loss = benchmark.pedantic(_train_step(model, *_batch(True)), rounds=3, iterations=1, warmup_rounds=1)
+    loss = benchmark.pedantic(_train_step(model, *_batch(True)), rounds=5, iterations=1, warmup_rounds=1)
     bench_record(role, variant + (f", EMD on {emd_threads()} thread(s)" if variant == "sa-emd" else ""))
     assert torch.isfinite(loss)
 
