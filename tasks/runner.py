@@ -12,11 +12,14 @@ figures and named training budgets. Everything else is here, once::
 
 Every (variant, seed) is one run of :func:`slots.train.train` in ``<out>/<variant>/seed<s>/``: the seed fixes
 the initial parameters, the training data (``task.load_train(cfg, seed)``) and the data order; the test data
-(``task.load_test(cfg)``) is the same for every run. The summary goes to ``<out>/``:
+(``task.load_test(cfg)``) is the same for every run. A task's ``prepare(cfg, progress)`` runs once before any
+training (data caches built, data files checked). The summary goes to ``<out>/``:
 
     table.md, table.json    per variant: each metric aggregated over seeds (the median with its range, or
-                            the mean and standard deviation), the paper's figures labelled as the paper's, the per-seed values of
-                            the headline metric, the step time; table.json adds the per-step curves
+                            the mean and standard deviation), the paper's figures labelled as the paper's,
+                            the per-seed values of the headline metric, the step time (and the paper's
+                            training time, when the task gives it); rows for the paper's other methods;
+                            table.json adds the per-step curves
     <task.plot_file>        the headline metric on the test data against training steps
 
 Runs are independent, so ``--jobs`` trains several at once, each in its own spawned process (one per core
@@ -104,7 +107,7 @@ class Task:
         build: ``(cfg, variant) -> nn.Module``, called right after seeding.
         loss: ``(model, batch) -> () tensor``, a mean over the batch.
         evaluate: ``(model, test, cfg) -> {metric key: float}``.
-        metrics: the table's metrics, in column order.
+        metrics: the table's metrics; the first is the headline (per-seed values, plot).
         paper: ``(cfg) -> {variant or baseline name: {metric key: figure or (mean, std)}}``, the paper's. A name
             that is neither a variant nor a baseline is a row of the paper's figures alone (e.g. another
             method the paper lists).
@@ -123,7 +126,6 @@ class Task:
         options_from_args: optional ``(args) -> {config field: value}`` for the options given.
         plot_file: file name of the plot.
         time_vs: variant whose step time is the unit of the "time vs" column (None: no column).
-        headline_key: the key of the headline metric (per-seed values, plot); None is the first metric.
         prepare: optional ``(cfg, progress)``, called once in this process before any run is trained or any
             run folder written: build data caches, check data files (raises ValueError naming the file).
         paper_time: optional ``(cfg) -> {variant: hours}``, the paper's training times, shown next to ours
@@ -154,15 +156,12 @@ class Task:
     options_from_args: Callable[[argparse.Namespace], dict] | None = None
     plot_file: str = "curves.png"
     time_vs: str | None = "sa"
-    headline_key: str | None = None
     prepare: Callable[[Any, bool], None] | None = None
     paper_time: Callable[[Any], Mapping[str, float]] | None = None
 
     @property
     def headline(self) -> Metric:
-        if self.headline_key is None:
-            return self.metrics[0]
-        return next(m for m in self.metrics if m.key == self.headline_key)
+        return self.metrics[0]
 
     def label(self, cfg) -> str:
         """Where the paper's figures come from, for the options ``cfg``."""

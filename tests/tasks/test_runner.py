@@ -2,6 +2,7 @@
 several metrics and mean +- std over seeds, baseline rows, the after-train hook, budgets and their overrides,
 and run folders that cannot be used (refused in one line, exit status 2, nothing written)."""
 import contextlib
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -195,8 +196,6 @@ def _refuse_data(cfg, progress):
 
 
 def test_prepare_runs_once_before_any_run_folder_is_written(tmp_path):
-    import dataclasses
-
     bad = dataclasses.replace(TOY, prepare=_refuse_data)
     code, stdout, stderr = run_main(["--jobs", "2", "--no-progress", "--out", tmp_path / "x"], task=bad)
     assert code == 2 and stdout == ""
@@ -210,8 +209,6 @@ def test_prepare_runs_once_before_any_run_folder_is_written(tmp_path):
                                task=good)
     assert code == 0, stderr
     assert calls == [(64, False)] and (tmp_path / "y" / "table.md").exists()
-
-
 def test_a_metric_without_figures_of_the_paper_has_no_paper_column():
     def cell(ours, paper):
         return {"ours": ours, "std": None, "min": ours, "max": ours, "per_seed": [ours], "paper": paper}
@@ -224,3 +221,49 @@ def test_a_metric_without_figures_of_the_paper_has_no_paper_column():
     assert [c.strip() for c in header.strip("| ").split("|")] == [
         "model", "ours score", "paper score", "ours MSE", "ours per seed (score)", "step time (ms)", "time vs Plain"]
     assert lines[-1] == "| Plain | 50.0 | 90 ± 1.5 | 0.250 | 50.0 | 2.0 | 1.00x |"
+def test_prepare_paper_rows_paper_time_and_label(tmp_path):
+    """A task's prepare hook runs once before any work (and not when every run is reused); a ValueError from it
+    is one line with nothing written. Names the paper lists that are not variants become rows of the paper's
+    figures alone; the paper's training times show with their ratio to time_vs's; a callable paper_label gets
+    the options."""
+    prepared = []
+
+    def prepare(cfg, progress):
+        prepared.append(cfg.noise)
+        if cfg.noise > 1:
+            raise ValueError(f"data file for noise {cfg.noise:g} is broken")
+
+    task = dataclasses.replace(
+        TOY, prepare=prepare, paper_label=lambda cfg: f"Table 0 at noise {cfg.noise:g}",
+        paper=lambda cfg: {"zero": {"score": (90.0, 1.5)}, "Other method": {"score": 95.0, "mse": 0.5}},
+        paper_time=lambda cfg: {"sa": 2.0, "zero": 3.0})
+    out = tmp_path / "toy"
+    argv = ["--jobs", "1", "--threads", "1", "--no-progress", "--out", out]
+    code, stdout, stderr = run_main(argv, task)
+    assert code == 0, stderr
+    assert prepared == [0.1]
+    summary = json.loads((out / "table.json").read_text())
+    assert summary["paper_label"] == "Table 0 at noise 0.1"
+    assert [r["paper_time_h"] for r in summary["rows"]] == [2.0, 3.0]
+    assert [r["paper_time_vs"] for r in summary["rows"]] == [1.0, 1.5]
+    other = summary["baselines"]["Other method"]["metrics"]
+    assert other["score"] == {"ours": None, "paper": 95.0} and other["mse"] == {"ours": None, "paper": 0.5}
+    table = (out / "table.md").read_text()
+    assert "The paper's figures: Table 0 at noise 0.1." in table
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert [c.strip() for c in header.strip("| ").split("|")][-4:] == [
+        "ours per seed (score)", "step time (ms)", "time vs Plain", "paper train time"]
+    assert "| 3 h (1.50x) |" in table and "| Other method | - | 95 | - | 0.5 | - | - | - | - |" in table
+
+    code, stdout, _ = run_main([*argv, "--resume"], task)  # every run finished: nothing to prepare
+    assert code == 0 and prepared == [0.1]
+
+    broken = tmp_path / "broken"
+
+    def options(args):
+        return {"noise": 2.0}
+
+    code, stdout, stderr = run_main(["--no-progress", "--out", broken],
+                                    dataclasses.replace(task, options_from_args=options))
+    assert code == 2 and stdout == "" and stderr == "error: data file for noise 2 is broken\n"
+    assert not broken.exists() and prepared == [0.1, 2.0]
