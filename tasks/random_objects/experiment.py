@@ -53,6 +53,8 @@ class RandomObjectsConfig:
         head, n_iters, mesh_lr, mesh_iters: model options (see ``model.ModelConfig``, ``slots.OTConfig``).
         straight_through, learn_mesh_lr, mesh_objective, similarity_alpha: SA-MESH's options (``slots.OTConfig``;
             the MESH variants of App. B and I); the other variants ignore them.
+        warm_start_grad: SA-MESH's potentials carry the official code's gradient back through the MESH steps
+            (``slots.OTConfig.warm_start_grad``).
         backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch.
     """
 
@@ -71,6 +73,7 @@ class RandomObjectsConfig:
     learn_mesh_lr: bool = False
     mesh_objective: str = "entropy"
     similarity_alpha: float = 0.0
+    warm_start_grad: bool = False
     backend: str = "auto"
 
     def __post_init__(self):
@@ -93,7 +96,8 @@ class RandomObjectsConfig:
         mesh = {}
         if variant == "sa-mesh":
             mesh = dict(straight_through=self.straight_through, learn_mesh_lr=self.learn_mesh_lr,
-                        mesh_objective=self.mesh_objective, similarity_alpha=self.similarity_alpha)
+                        mesh_objective=self.mesh_objective, similarity_alpha=self.similarity_alpha,
+                        warm_start_grad=self.warm_start_grad)
         return ModelConfig(variant=variant, n_slots=self.n_objects, dim=self.dim, n_iters=self.n_iters,
                            head=self.head, ot=OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters,
                                                        backend=backend, **mesh))
@@ -202,12 +206,15 @@ def _add_arguments(p, steps_group) -> None:
                       help="what MESH minimizes: the entropy (Eq. 9) or a learned elementwise objective (App. I)")
     mesh.add_argument("--similarity-alpha", type=float_at_least_zero, default=0.0,
                       help="weight of App. B's similarity regulariser (Eq. 13); 0: off")
+    mesh.add_argument("--warm-start-grad", action="store_true",
+                      help="the official code's gradient: MESH's warm-start potentials stay on the autograd graph")
 
 
 def _options_from_args(args) -> dict:
     options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head,
                "straight_through": not args.no_straight_through, "learn_mesh_lr": args.learn_mesh_lr,
-               "mesh_objective": args.mesh_objective, "similarity_alpha": args.similarity_alpha}
+               "mesh_objective": args.mesh_objective, "similarity_alpha": args.similarity_alpha,
+               "warm_start_grad": args.warm_start_grad}
     if args.n_test is not None:
         options["n_test"] = args.n_test
     return options

@@ -158,6 +158,8 @@ def test_config_from_args_precedence():
     ot = variant.model("sa-mesh").ot
     assert (ot.straight_through, ot.learn_mesh_lr, ot.mesh_objective, ot.similarity_alpha) == (False, True, "learned", 0.5)
     assert variant.model("sa-sh").ot == RandomObjectsConfig().model("sa-sh").ot  # other variants ignore them
+    official = config_from_args(parse(["--warm-start-grad", "--out", "o"])).config
+    assert official.model("sa-mesh").ot.warm_start_grad and not RandomObjectsConfig().model("sa-mesh").ot.warm_start_grad
     default = config_from_args(parse(["--sigma", "0.1"]))
     assert default.out == "runs/random_objects/sigma_0.1" and default.variants == experiment.VARIANTS
 
