@@ -53,6 +53,8 @@ class RandomObjectsConfig:
         head, n_iters, mesh_lr, mesh_iters: model options (see ``model.ModelConfig``, ``slots.OTConfig``).
         straight_through, learn_mesh_lr, mesh_objective, similarity_alpha: SA-MESH's options (``slots.OTConfig``;
             the MESH variants of App. B and I); the other variants ignore them.
+        normalize_plan, learned_marginals: the OT variants' plan normalization and App. A marginals
+            (``slots.OTConfig``; the official code uses the raw plan, ``normalize_plan=False``).
         warm_start_grad: SA-MESH's potentials carry the official code's gradient back through the MESH steps
             (``slots.OTConfig.warm_start_grad``).
         backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch.
@@ -74,6 +76,8 @@ class RandomObjectsConfig:
     mesh_objective: str = "entropy"
     similarity_alpha: float = 0.0
     warm_start_grad: bool = False
+    normalize_plan: bool = True
+    learned_marginals: bool = True
     backend: str = "auto"
 
     def __post_init__(self):
@@ -100,6 +104,8 @@ class RandomObjectsConfig:
                         warm_start_grad=self.warm_start_grad)
         return ModelConfig(variant=variant, n_slots=self.n_objects, dim=self.dim, n_iters=self.n_iters,
                            head=self.head, ot=OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters,
+                                                       normalize_plan=self.normalize_plan,
+                                                       learned_marginals=self.learned_marginals,
                                                        backend=backend, **mesh))
 
 
@@ -197,6 +203,12 @@ def _add_arguments(p, steps_group) -> None:
     p.add_argument("--n-test", type=int_at_least(1), help="test examples (default 6,400; --quick 1,280)")
     p.add_argument("--head", choices=HEADS, default="linear",
                    help="read-out of the slots: a linear map (zero-initialised) or none (slots are the predictions)")
+    ot = p.add_argument_group("OT options (SA-SH, SA-EMD, SA-MESH; SA ignores them)")
+    ot.add_argument("--raw-plan", action="store_true",
+                    help="the raw transport plan as attention weights, as the official code (default: each "
+                         "slot's column normalized to sum 1)")
+    ot.add_argument("--uniform-marginals", action="store_true",
+                    help="uniform marginals instead of the learned ones of App. A")
     mesh = p.add_argument_group("SA-MESH options (the MESH variants of App. B and I; other variants ignore them)")
     mesh.add_argument("--no-straight-through", action="store_true",
                       help="differentiate through the MESH steps (needed by --mesh-objective learned and "
@@ -214,7 +226,8 @@ def _options_from_args(args) -> dict:
     options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head,
                "straight_through": not args.no_straight_through, "learn_mesh_lr": args.learn_mesh_lr,
                "mesh_objective": args.mesh_objective, "similarity_alpha": args.similarity_alpha,
-               "warm_start_grad": args.warm_start_grad}
+               "warm_start_grad": args.warm_start_grad, "normalize_plan": not args.raw_plan,
+               "learned_marginals": not args.uniform_marginals}
     if args.n_test is not None:
         options["n_test"] = args.n_test
     return options

@@ -160,6 +160,10 @@ def test_config_from_args_precedence():
     assert variant.model("sa-sh").ot == RandomObjectsConfig().model("sa-sh").ot  # other variants ignore them
     official = config_from_args(parse(["--warm-start-grad", "--out", "o"])).config
     assert official.model("sa-mesh").ot.warm_start_grad and not RandomObjectsConfig().model("sa-mesh").ot.warm_start_grad
+    raw = config_from_args(parse(["--raw-plan", "--uniform-marginals", "--out", "o"])).config
+    for name in ("sa-sh", "sa-emd", "sa-mesh"):
+        assert not raw.model(name).ot.normalize_plan and not raw.model(name).ot.learned_marginals
+        assert RandomObjectsConfig().model(name).ot.normalize_plan and RandomObjectsConfig().model(name).ot.learned_marginals
     default = config_from_args(parse(["--sigma", "0.1"]))
     assert default.out == "runs/random_objects/sigma_0.1" and default.variants == experiment.VARIANTS
 
