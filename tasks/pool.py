@@ -3,10 +3,13 @@
 Used by the scene generators (blocks of scenes) and by the experiment runner (one training run per job).
 Spawned, not forked, processes: a fork would inherit torch's thread pools and the parent's state. ``fn``
 must therefore be importable (a module-level function), and a calling script needs the usual
-``if __name__ == "__main__":`` guard.
+``if __name__ == "__main__":`` guard. Workers end when the process that started them dies (killed, not only
+interrupted), so no orphaned training run keeps a core busy.
 """
 import multiprocessing as mp
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Sequence
 
@@ -18,6 +21,16 @@ def cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Worker initializer: a daemon thread that ends this process once ``parent`` is no longer its parent."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def run_jobs(fn: Callable, jobs: Sequence[tuple], workers: int,
@@ -40,7 +53,8 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], workers: int,
             if on_done is not None:
                 on_done(i, results[i])
         return results
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             i = futures[future]

@@ -267,3 +267,58 @@ def test_prepare_paper_rows_paper_time_and_label(tmp_path):
                                     dataclasses.replace(task, options_from_args=options))
     assert code == 2 and stdout == "" and stderr == "error: data file for noise 2 is broken\n"
     assert not broken.exists() and prepared == [0.1, 2.0]
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` that run a spawned multiprocessing worker (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # state, ppid, ...
+        if fields[0] != "Z" and int(fields[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_end_when_the_parent_is_killed():
+    """kill -9 of the process that runs run_jobs leaves no worker training on: each ends within seconds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import time\nfrom tasks.pool import run_jobs\n"
+              "if __name__ == '__main__':\n    run_jobs(time.sleep, [(300,), (300,)], 2)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 60
+        workers = _children(parent.pid)
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = _children(parent.pid)
+        assert len(workers) == 2, "the two workers did not start"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = [w for w in workers if _alive(w)]
+    for w in orphans:  # leave nothing behind when the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not orphans
