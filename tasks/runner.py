@@ -541,6 +541,14 @@ def float_at_least_zero(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def int_at_least(minimum: int):
     """argparse type: an integer >= ``minimum``."""
     def parse(text: str) -> int:
@@ -572,6 +580,13 @@ def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the budget's)")
     p.add_argument("--grad-clip", type=float_at_least_zero,
                    help="clip the global gradient norm to this value, 0: no clipping (default: the budget's)")
+    p.add_argument("--warmup-steps", type=int_at_least(0),
+                   help="linear warm-up steps, 0: none (default: the budget's, else min(1,000, steps / 20))")
+    p.add_argument("--decay-steps", type=int_at_least(1),
+                   help="the rate is multiplied by --decay-rate every this many steps (default: the budget's, "
+                        "else steps / 4)")
+    p.add_argument("--decay-rate", type=unit_interval,
+                   help="factor of the rate per --decay-steps, in (0, 1]; 1: no decay (default: the budget's)")
     p.add_argument("--eval-every", type=int_at_least(0), help="steps between test evaluations (default: the budget's)")
     p.add_argument("--ckpt-every", type=int_at_least(0), help="steps between checkpoints (default: the budget's)")
     p.add_argument("--out", help=f"run folder (default runs/{task.name}/...)")
@@ -601,7 +616,8 @@ def experiment_from_args(task: Task, args: argparse.Namespace, default_out: Call
     if getattr(args, "backend", None) is not None:
         options["backend"] = args.backend
     cfg = task.config(**options)
-    schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_clip", "eval_every", "ckpt_every")
+    schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_clip", "warmup_steps", "decay_steps",
+                                              "decay_rate", "eval_every", "ckpt_every")
                 if getattr(args, k, None) is not None}
     budget = replace(budget, **schedule)
     out = args.out or (default_out(cfg) if default_out else f"runs/{task.name}/{args.budget}")

@@ -146,6 +146,9 @@ def test_budget_overrides_and_explicit_options():
     train_cfg = mine.train_config(TOY, "sa", 1)
     assert train_cfg.warmup_steps == 0 and train_cfg.decay_steps == 1 and train_cfg.seed == 1
     assert train_cfg.out_dir == str(Path("runs/toy/paper/sa/seed1"))
+    flat = runner.experiment_from_args(TOY, parse(["--steps", "400", "--warmup-steps", "100", "--decay-steps", "50",
+                                                   "--decay-rate", "1"])).train_config(TOY, "sa", 0)
+    assert (flat.warmup_steps, flat.decay_steps, flat.decay_rate) == (100, 50, 1.0)
 
 
 @pytest.mark.parametrize("where", ["file", "under_file"])
@@ -163,6 +166,8 @@ def test_unusable_out_folder_is_refused_before_any_work(tmp_path, where):
 @pytest.mark.parametrize("args,match", [
     (["--grad-clip", "-1"], "argument --grad-clip: must be a finite number >= 0, got -1"),
     (["--grad-clip", "x"], "argument --grad-clip: 'x' is not a number"),
+    (["--decay-rate", "1.5"], "argument --decay-rate: must be in (0, 1], got 1.5"),
+    (["--decay-rate", "0"], "argument --decay-rate: must be a finite number > 0, got 0"),
     (["--budget", "gpu"], "argument --budget: invalid choice"),
     (["--variant", "sa-foo"], "argument --variant: invalid choice"),
 ])
