@@ -5,6 +5,7 @@ import io
 import signal
 
 import pytest
+import torch
 
 
 def _run_cli(main, argv):
@@ -16,6 +17,14 @@ def _run_cli(main, argv):
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Every test leaves torch's thread count as it found it (runs in this process set it)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -171,9 +171,6 @@ def run_main(run_cli):
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("SA_MESH_CACHE", str(tmp_path / "cache"))
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = ["--steps", "2", "--batch-size", "2", "--eval-every", "1", "--jobs", "1", "--threads", "1", "--no-progress"]

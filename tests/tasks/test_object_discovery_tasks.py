@@ -28,11 +28,8 @@ TINY = ["--budget", "quick", "--steps", "4", "--eval-every", "2", "--batch-size"
 
 
 @pytest.fixture(autouse=True)
-def _cache_and_threads(tmp_path_factory, monkeypatch):
+def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SA_MESH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,6 @@ def snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*"))}
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, run_main):
     """A finished tiny run (sigma 0.01, SA, 3 steps): (out folder, exit status, stdout, stderr)."""

@@ -89,13 +89,6 @@ def run_main(argv, task=TOY):
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_summary_table_and_hooks(tmp_path):
     out = tmp_path / "toy"
     code, stdout, stderr = run_main(["--seeds", "2", "--jobs", "1", "--threads", "1", "--no-progress", "--out", out])
