@@ -34,7 +34,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from slots import OTConfig, fg_ari, fg_miou, image_autoencoder_config, temporal_consistency, to_model_range
+from slots import (OTConfig, fg_ari, fg_miou, image_autoencoder_config, native_bf16, temporal_consistency,
+                   to_model_range)
 
 from ..pool import cores
 from ..runner import BACKENDS, Budget, Metric, Task
@@ -119,7 +120,10 @@ class ClevrerConfig:
             0.1 for fixed noise, and a prior of variance 0.01 (std 0.1) for learned noise. The paper gives
             neither; the official transition's default prior (variance 0.1, with samples of std e^l) puts its
             noise at std 0.1 where its KL term is smallest, and both baselines get that scale here.
-        bf16, channels_last: speed options of ``slots.SlotAutoencoderConfig`` (slot attention stays float32).
+        bf16: the convolutions under bfloat16 autocast; None picks it where bfloat16 is native
+            (``slots.native_bf16``: CUDA, or a CPU with AVX-512 BF16 or AMX; elsewhere it is emulated and slower
+            than float32) and is replaced by the choice.
+        channels_last: speed option of ``slots.SlotAutoencoderConfig`` (slot attention stays float32).
         eval_batch: pairs per forward pass in evaluation. n_pictures: test pairs drawn after training.
         backend: OT backend ("auto": the default dispatch).
     """
@@ -144,7 +148,7 @@ class ClevrerConfig:
     low_mesh_lr: float = 2.0
     noise_sigma: float = 0.1
     noise_prior_var: float = 0.01
-    bf16: bool = True
+    bf16: bool | None = None
     channels_last: bool = True
     eval_batch: int = 32
     n_pictures: int = 4
@@ -155,6 +159,10 @@ class ClevrerConfig:
             raise ValueError(f"data must be one of {sorted(VARIANT_FRAMES)}, got {self.data!r}")
         if self.data_dir is not None:
             self.data_dir = str(self.data_dir)
+        if self.bf16 is None:
+            self.bf16 = native_bf16("cuda" if torch.cuda.is_available() else "cpu")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16 must be a bool or None, got {self.bf16!r}")
         for name in ("n_train", "n_test"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -323,7 +331,8 @@ def _describe(cfg: ClevrerConfig, budget: Budget, seeds: int) -> str:
     return (f"Video object discovery on CLEVRER-{cfg.data} ({source}, frames {frames[0] + 1} and {frames[1] + 1}): "
             f"FG-ARI and FG-mIoU (per frame, averaged over both frames) and temporal consistency in %, higher is "
             f"better, and test reconstruction MSE, on {n_test} test pairs; {budget.steps:,} steps of batch "
-            f"{budget.batch_size} on {n_train} training pairs{note}; mean ± std over {seeds} seed(s).")
+            f"{budget.batch_size} on {n_train} training pairs{note}; convolutions in "
+            f"{'bfloat16' if cfg.bf16 else 'float32'}; mean ± std over {seeds} seed(s).")
 
 
 def _validate(cfg: ClevrerConfig, budget: Budget) -> None:

@@ -100,9 +100,19 @@ def test_rows_configure_the_official_video_setting():
         assert m.autoencoder.encoder.resolution == (64, 64)
         assert VideoModelConfig(**json.loads(json.dumps(m.to_dict()))) == m
     assert ex.DEFAULT_VARIANTS == ("sa", "sa-fixed-noise", "sa-learned-noise", "sa-sh", "sa-mesh")
-    for bad in (dict(data="M"), dict(n_train=0), dict(backend="cuda"), dict(noise_sigma=0.0), dict(eval_batch=0)):
+    for bad in (dict(data="M"), dict(n_train=0), dict(backend="cuda"), dict(noise_sigma=0.0), dict(eval_batch=0),
+                dict(bf16="yes")):
         with pytest.raises(ValueError):
             ex.ClevrerConfig(**bad)
+
+
+def test_bf16_convolutions_by_default_only_where_bfloat16_is_native(monkeypatch):
+    # emulated bfloat16 (a CPU without AVX-512 BF16 or AMX) is slower than float32: the default follows the hardware
+    for native in (False, True):
+        monkeypatch.setattr(ex, "native_bf16", lambda device="cpu", native=native: native)
+        cfg = ex.ClevrerConfig()
+        assert cfg.bf16 is native and cfg.model("sa-mesh").autoencoder.bf16 is native
+        assert ex.ClevrerConfig(bf16=not native).bf16 is (not native)
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------
