@@ -294,10 +294,11 @@ def image_autoencoder_config(n_slots: int, variant: str, cost: str, *, resolutio
 # Modules
 
 
-def native_bf16(device: str | torch.device = "cpu") -> bool:
+def native_bf16(device: str | torch.device | None = None) -> bool:
     """Whether bfloat16 convolutions are fast on ``device``: CUDA with bfloat16 support, or a CPU with
-    AVX-512 BF16 or AMX (elsewhere bfloat16 is emulated and slower than float32)."""
-    device = torch.device(device)
+    AVX-512 BF16 or AMX (elsewhere bfloat16 is emulated and slower than float32). None: the device training
+    runs on by default (CUDA when available, else the CPU)."""
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     cpu = torch.cpu

@@ -144,7 +144,7 @@ def build_model(spec: ModelSpec, variant: str, resolution: int, n_iters: int = 3
         spec.n_slots, variant, VARIANT_COSTS[variant], resolution=resolution, channels=spec.channels,
         slot_dim=spec.slot_dim, mlp_hidden=spec.mlp_hidden, n_iters=n_iters, init=init,
         ot=ot if ot is not None else OTConfig(normalize_plan=False),
-        bf16=fast and native_bf16("cuda" if torch.cuda.is_available() else "cpu"), channels_last=fast,
+        bf16=fast and native_bf16(), channels_last=fast,
         factored_broadcast=fast)
     return SlotAutoencoder(cfg)
 

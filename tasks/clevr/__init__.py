@@ -6,14 +6,14 @@ from .data import (COORD_SCALE, DSPN_CLASSES, GENERATOR_VERSION, IMAGE_SIZE, MAX
                    write_clevr_tree)
 from .experiment import (BUDGETS, PAPER_OTHERS, PAPER_TABLE2, PAPER_TABLE6, TASK, VARIANTS, ClevrConfig, ClevrSet,
                          average_precisions, load_split)
-from .model import ClevrModelConfig, ClevrSetModel, bf16_is_native
+from .model import ClevrModelConfig, ClevrSetModel
 
 __all__ = [
     "GENERATOR_VERSION", "IMAGE_SIZE", "MAX_OBJECTS", "TARGET_DIM", "DSPN_CLASSES", "COORD_SCALE", "SPLITS",
     "scenes_to_targets", "generate_clevr", "read_clevr", "load_clevr", "write_clevr_tree", "encode_scenes",
     "decode_scenes", "SET_PREDICTION_LAYOUT", "SET_PREDICTION_SLICES", "SET_TARGET_DIM", "set_prediction_targets",
     "resize_images",
-    "ClevrModelConfig", "ClevrSetModel", "bf16_is_native",
+    "ClevrModelConfig", "ClevrSetModel",
     "ClevrConfig", "ClevrSet", "TASK", "BUDGETS", "VARIANTS", "PAPER_TABLE2", "PAPER_TABLE6", "PAPER_OTHERS",
     "load_split", "average_precisions",
 ]

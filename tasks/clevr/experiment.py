@@ -27,13 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
-from slots import CLEVR_AP_THRESHOLDS, OTConfig, clevr_average_precision, hungarian_huber_loss
+from slots import CLEVR_AP_THRESHOLDS, OTConfig, clevr_average_precision, hungarian_huber_loss, native_bf16
 
 from ..pool import cores
 from ..runner import BACKENDS, Budget, Metric, Task, require_one_batch
 from ..scenes.records import DataFormatError
 from .data import SET_PREDICTION_LAYOUT, SET_PREDICTION_SLICES, load_clevr, resize_images, set_prediction_targets
-from .model import ClevrModelConfig, ClevrSetModel, bf16_is_native
+from .model import ClevrModelConfig, ClevrSetModel
 
 __all__ = ["ClevrConfig", "ClevrSet", "TASK", "BUDGETS", "VARIANTS", "PAPER_TABLE2", "PAPER_TABLE6",
            "PAPER_OTHERS", "load_split", "average_precisions"]
@@ -93,7 +93,7 @@ class ClevrConfig:
         image_size: side of the square input images (128: the paper's), a multiple of 4.
         implicit_grad: implicit differentiation of the slots (Table 2); False: Table 6.
         bf16: the convolutions under bfloat16 autocast; None picks it where the hardware has native bfloat16
-            (``model.bf16_is_native``) and is replaced by the choice.
+            (``slots.native_bf16``) and is replaced by the choice.
         eval_batch: images per forward pass during evaluation.
         mesh_lr, mesh_iters: MESH's step size and steps (``slots.OTConfig``).
         backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch.
@@ -120,7 +120,7 @@ class ClevrConfig:
         if not isinstance(self.implicit_grad, bool):
             raise ValueError(f"implicit_grad must be a bool, got {self.implicit_grad!r}")
         if self.bf16 is None:
-            self.bf16 = bf16_is_native()
+            self.bf16 = native_bf16()
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be a bool or None, got {self.bf16!r}")
         if self.backend not in BACKENDS:

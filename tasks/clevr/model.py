@@ -33,18 +33,9 @@ from slots import CNNEncoder, EncoderConfig, OTConfig, SlotAttention, SlotAttent
 from ..random_objects.model import DEFAULT_COSTS
 from .data import SET_TARGET_DIM
 
-__all__ = ["ClevrModelConfig", "ClevrSetModel", "bf16_is_native"]
+__all__ = ["ClevrModelConfig", "ClevrSetModel"]
 
 _STRIDES = (1, 2, 2, 1)
-
-
-def bf16_is_native() -> bool:
-    """True on CUDA and on CPUs with native bfloat16 arithmetic (AVX-512 BF16 or AMX)."""
-    if torch.cuda.is_available():
-        return True
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 @dataclass

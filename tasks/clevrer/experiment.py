@@ -160,7 +160,7 @@ class ClevrerConfig:
         if self.data_dir is not None:
             self.data_dir = str(self.data_dir)
         if self.bf16 is None:
-            self.bf16 = native_bf16("cuda" if torch.cuda.is_available() else "cpu")
+            self.bf16 = native_bf16()
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be a bool or None, got {self.bf16!r}")
         for name in ("n_train", "n_test"):

@@ -176,18 +176,17 @@ def python_sigint_handler():
     """Python's own SIGINT handler (raise KeyboardInterrupt) for the test. A process started in the background
     by a non-interactive shell (`cmd &`, as CI scripts and nohup jobs do) inherits SIGINT ignored, and Python
     then installs no handler: Ctrl-C could not interrupt anything there, the solver included."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread, and only it may set their handlers")
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("how", ["os.kill", "interrupt_main"])
-def test_ctrl_c_stops_a_large_batch(how, problem, request):
+def test_ctrl_c_stops_a_large_batch(how, problem, python_sigint_handler):
     """SIGINT while a large batch runs raises KeyboardInterrupt before the batch is done (counted by
     the core's problems_solved, not by time), and the solver works normally afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals reach only the main thread, and only it may set their handlers")
-    request.getfixturevalue("python_sigint_handler")
     B = 200  # about a second per thread if it were not interrupted
     C, a, b = _np(problem(B, 4096, 11, seed=15, scale=1.0), mass=11.0)
     start = emd_cpp.cache_stats()[2]

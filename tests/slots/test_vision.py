@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from slots import (CNNEncoder, DecoderConfig, EncoderConfig, OTConfig, SlotAttentionConfig, SlotAutoencoder,
                    SlotAutoencoderConfig, SoftPositionEmbed, SpatialBroadcastDecoder, build_grid,
-                   image_autoencoder_config, to_model_range)
+                   image_autoencoder_config, native_bf16, to_model_range)
 
 
 def small_config(variant="sa-mesh", cost="l2", **kw):
@@ -206,3 +206,16 @@ def test_reconstruction_loss_is_mse():
     loss = model.loss(x)
     torch.manual_seed(3)
     torch.testing.assert_close(loss, F.mse_loss(model(x).recon, x))
+
+
+def test_native_bf16_follows_the_hardware_of_the_default_device(monkeypatch):
+    flags = {"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": False}
+    for name in flags:
+        monkeypatch.setattr(torch.cpu, name, lambda name=name: flags[name], raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert native_bf16() is False and native_bf16("cpu") is False and native_bf16("cuda") is False
+    flags["_is_amx_tile_supported"] = True
+    assert native_bf16() is True and native_bf16("cpu") is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert native_bf16() is False and native_bf16("cpu") is True  # None means CUDA when it is available

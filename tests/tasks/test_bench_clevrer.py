@@ -7,8 +7,8 @@ One step = both frames through the encoder, slot attention on frame 1 and on fra
 CLEVRER-L frames. SA is the baseline ("vs base" < 1 means slower than SA: the issue's number to watch is
 SA-MESH's step time over SA's, target <= 1.1x). Every variant runs with the speed options of the
 experiment (bf16 autocast of the convolutions where bfloat16 is native, ``slots.native_bf16``; channels-last;
-the factored first decoder layer; slot attention in float32); "sa plain fp32" is SA without them, to show what they buy. One torch thread, and
-glibc told to keep freed memory, as a training run of ``--jobs 2`` does on two cores.
+the factored first decoder layer; slot attention in float32); "sa plain fp32" is SA without them, to show
+what they buy. One torch thread, and glibc told to keep freed memory, as a training run of ``--jobs 2`` does on two cores.
 
 The clock is this process's CPU time (``time.process_time``), not wall time: with one torch thread (the C++
 OT loops follow torch's thread count) the two are equal on an idle machine, and on a machine shared with
@@ -30,7 +30,7 @@ from tasks.clevrer.model import VideoSlotAutoencoder
 BATCH = 8
 ROLES = [("baseline", "sa", True), ("sa plain fp32", "sa", False), ("sa-sh", "sa-sh", True),
          ("sa-mesh", "sa-mesh", True)]
-SPEED_OPTIONS = ("bf16 + " if native_bf16() else "") + "channels-last + factored broadcast"
+SPEED_OPTIONS = ("bf16 + " if native_bf16("cpu") else "") + "channels-last + factored broadcast"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,7 +52,7 @@ def frames():
 def test_bench_video_train_step(benchmark, bench_record, frames, role, variant, fast):
     benchmark.group = f"CLEVRER video: train step (B={BATCH})"
     torch.manual_seed(0)
-    cfg = ClevrerConfig(data="L", bf16=fast and native_bf16(), channels_last=fast)
+    cfg = ClevrerConfig(data="L", bf16=fast and native_bf16("cpu"), channels_last=fast)
     model_cfg = cfg.model(variant)
     model_cfg.autoencoder = dataclasses.replace(model_cfg.autoencoder, factored_broadcast=fast)
     model = VideoSlotAutoencoder(model_cfg)

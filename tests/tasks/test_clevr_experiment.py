@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import tasks.clevr.experiment as experiment
-from slots import CLEVR_AP_THRESHOLDS, clevr_average_precision, hungarian_huber_loss
+from slots import CLEVR_AP_THRESHOLDS, clevr_average_precision, hungarian_huber_loss, native_bf16
 from slots.train import CHECKPOINT_NAME, RESULTS_NAME, load_checkpoint
 from tasks.clevr import (SET_PREDICTION_SLICES, BUDGETS, ClevrConfig, ClevrModelConfig, ClevrSet,
-                         ClevrSetModel, PAPER_TABLE2, PAPER_TABLE6, average_precisions, bf16_is_native, generate_clevr,
+                         ClevrSetModel, PAPER_TABLE2, PAPER_TABLE6, average_precisions, generate_clevr,
                          resize_images, scenes_to_targets, set_prediction_targets, decode_scenes)
 from tasks.clevr.__main__ import build_parser, config_from_args, main
 
@@ -229,7 +229,7 @@ def test_end_to_end_writes_table_2_and_plot(finished):
     results = json.loads((out / "sa-mesh" / "seed0" / RESULTS_NAME).read_text())
     assert results["step"] == 3 and results["task"] == "clevr"
     cfg = results["task_config"]
-    assert cfg["image_size"] == 32 and cfg["implicit_grad"] is True and cfg["bf16"] == bf16_is_native()
+    assert cfg["image_size"] == 32 and cfg["implicit_grad"] is True and cfg["bf16"] == native_bf16()
     sa = cfg["model"]["slot_attention"]
     assert (sa["variant"], sa["n_slots"], sa["dim"], sa["input_dim"], sa["n_iters"], sa["mlp_hidden"]) == \
         ("sa-mesh", 10, 64, 64, 3, 128)
@@ -275,7 +275,7 @@ def test_budgets_and_table_6_options():
     mine = config_from_args(parse(["--image-size", "96", "--n-train", "500", "--bf16", "off"]))
     assert (mine.config.image_size, mine.config.n_train, mine.config.n_test, mine.config.bf16) == \
         (96, 500, 1_000, False)
-    assert ClevrConfig().bf16 == bf16_is_native() and config_from_args(parse(["--bf16", "on"])).config.bf16
+    assert ClevrConfig().bf16 == native_bf16() and config_from_args(parse(["--bf16", "on"])).config.bf16
 
 
 def test_options_that_do_not_fit_exit_2_and_write_nothing(tmp_path, run_main):

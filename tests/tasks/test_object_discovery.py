@@ -63,10 +63,10 @@ def test_build_model_follows_the_official_choices(variant):
 def test_bf16_only_where_native(monkeypatch):
     import tasks.object_discovery as od
 
-    monkeypatch.setattr(od, "native_bf16", lambda device: False)
+    monkeypatch.setattr(od, "native_bf16", lambda device=None: False)
     cfg = build_model(SPEC, "sa-mesh", 16).config
     assert not cfg.bf16 and cfg.channels_last and cfg.factored_broadcast
-    monkeypatch.setattr(od, "native_bf16", lambda device: True)
+    monkeypatch.setattr(od, "native_bf16", lambda device=None: True)
     assert build_model(SPEC, "sa-mesh", 16).config.bf16
 
 
