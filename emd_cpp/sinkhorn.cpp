@@ -303,9 +303,13 @@ OT_INLINE void backward(Work<T>& w, int64_t n, int64_t m, int L, bool need_marg)
     std::fill(w.gb.begin(), w.gb.end(), T(0));
   }
   for (int k = L; k >= 1; --k) {
-    if (need_marg) for (int64_t j = 0; j < m; ++j) w.gb[j] += w.gv[j];
+    if (need_marg) {
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) w.gb[j] += w.gv[j];
+    }
     T* t = w.ty.data() + (k - 1) * m;
     const T* yb = w.yb.data() + (k - 1) * m;
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) t[j] = w.gv[j] * yb[j];
     K_times(Kt, t, w.Ky.data(), n, m);
     const T* x = w.x.data() + (k - 1) * n;
@@ -316,7 +320,10 @@ OT_INLINE void backward(Work<T>& w, int64_t n, int64_t m, int L, bool need_marg)
       w.gu[i] -= x[i] * w.Ky[i];
       t2[i] = w.gu[i] * xa[i];
     }
-    if (need_marg) for (int64_t i = 0; i < n; ++i) w.ga[i] += w.gu[i];
+    if (need_marg) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) w.ga[i] += w.gu[i];
+    }
     if (k > 1 || need_marg) {
       const T* yprev = w.y.data() + (k - 1) * m;
       for (int64_t j = 0; j < m; ++j) w.gv[j] = -yprev[j] * dot(Kt + j * n, t2, n);
@@ -360,8 +367,10 @@ OT_INLINE void marginal_sums(Work<T>& w, int64_t n, int64_t m) {
 template <typename T>
 OT_INLINE void load_element(Work<T>& w, const T* C, const T* la, const T* lb, int64_t n, int64_t m, T tau) {
   const T alpha = T(-1) / tau;
+#pragma omp simd
   for (int64_t j = 0; j < m; ++j) w.v0f[j] = std::max(w.v0[j], Num<T>::neg);
   for (int64_t i = 0; i < n; ++i)
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) w.logKt[j * n + i] = w.v0f[j] + alpha * C[i * m + j];
   for (int64_t i = 0; i < n; ++i) w.a[i] = std::exp(la[i]);
   for (int64_t j = 0; j < m; ++j) w.b[j] = std::exp(lb[j]);
@@ -391,6 +400,7 @@ OT_CLONES void sinkhorn_forward_element(const T* C, const T* log_a, const T* log
     const T* q = w.q.data() + k * n;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) u[i] = la[i] - w.r[i] - log_entry(q[i]);
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) v[j] = w.v0f[j] + lb[j] - log_entry(std::max(w.s[k * m + j], Num<T>::tiny));
     big = std::max({big, magnitude(u, n), magnitude(v, m)});
   }
@@ -405,6 +415,7 @@ OT_CLONES void sinkhorn_forward_element(const T* C, const T* log_a, const T* log
   for (int64_t j = 0; j < m; ++j) {
     T* lp = w.logKt.data() + j * n;
     const T vj = std::max(vL[j], Num<T>::neg);
+#pragma omp simd
     for (int64_t i = 0; i < n; ++i) lp[i] = std::max(uL[i], Num<T>::neg) + (T(-1) / tau) * Ce[i * m + j] + vj;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) lp[i] = exp_entry(lp[i]);
@@ -443,10 +454,13 @@ OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* lo
   // K = P = exp(S + u_L + v_L); the direct term G = P * grad_P, or P (log P + 1) for the entropy
   T* uLf = w.r.data();  // u_L and v_L with -inf replaced by a finite stand-in
   T* vLf = w.v0f.data();
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) uLf[i] = std::max(uL[i], neg);
+#pragma omp simd
   for (int64_t j = 0; j < m; ++j) vLf[j] = std::max(vL[j], neg);
   for (int64_t j = 0; j < m; ++j) {
     T* lp = w.logKt.data() + j * n;
+#pragma omp simd
     for (int64_t i = 0; i < n; ++i) lp[i] = uLf[i] + alpha * Ce[i * m + j] + vLf[j];
     T* p = w.Kt.data() + j * n;
 #pragma omp simd
@@ -454,6 +468,7 @@ OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* lo
     T* g = w.G.data() + j * n;
     if (grad_P) {
       const T* gp = grad_P + e * n * m + j;
+#pragma omp simd
       for (int64_t i = 0; i < n; ++i) g[i] = p[i] * gp[i * m];
     } else {
 #pragma omp simd
@@ -463,8 +478,14 @@ OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* lo
   marginal_sums(w, n, m);
   // the gradients of u_L and v_L join the plan's (the entropy's seed has the opposite sign, flipped at the end)
   const T sign = grad_P ? T(1) : T(-1);
-  if (grad_u) for (int64_t i = 0; i < n; ++i) w.gu[i] += sign * grad_u[e * n + i];
-  if (grad_v) for (int64_t j = 0; j < m; ++j) w.gv[j] += sign * grad_v[e * m + j];
+  if (grad_u) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) w.gu[i] += sign * grad_u[e * n + i];
+  }
+  if (grad_v) {
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) w.gv[j] += sign * grad_v[e * m + j];
+  }
   // P^k = P * x_k y_k^T with x_k = exp(u_k - u_L) (k = 1..L), y_k = exp(v_k - v_L) (k = 0..L-1)
   for (int k = 1; k <= L; ++k) {
     const T* u = us + ((k - 1) * B + e) * n;
@@ -489,6 +510,7 @@ OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* lo
     T* xa = w.xa.data() + (k - 1) * n;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) xa[i] = x[i] * w.a[i];
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) w.yb[(k - 1) * m + j] = (k < L ? w.y[k * m + j] : T(1)) * w.b[j];
   }
   backward(w, n, m, L, true);
@@ -496,7 +518,9 @@ OT_CLONES void sinkhorn_backward_element(const T* C, const T* log_a, const T* lo
   const T scale = sign * alpha;
   T* gC = grad_C + e * n * m;
   for (int64_t i = 0; i < n; ++i)
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) gC[i * m + j] = w.G[j * n + i] * scale;
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) grad_log_a[e * n + i] = sign * w.ga[i];
   for (int64_t j = 0; j < m; ++j) {
     grad_log_b[e * m + j] = sign * w.gb[j];
@@ -536,6 +560,7 @@ OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, 
   if (valid != Status::kOptimal) return;
   const T lmm = log_min_mass(la, n, lb, m);
   for (int64_t i = 0; i < n; ++i)
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) w.Cp[j * n + i] = Ce[i * m + j] + noise_scale * Ne[i * m + j];
   for (int64_t i = 0; i < n; ++i) w.a[i] = std::exp(la[i]);
   for (int64_t j = 0; j < m; ++j) w.b[j] = std::exp(lb[j]);
@@ -563,6 +588,7 @@ OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, 
     const T* sL = w.s.data() + (L - 1) * m;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) uL[i] = la[i] - w.r[i] - log_entry(qL[i]);
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) vL[j] = w.v0f[j] + lb[j] - log_entry(std::max(sL[j], Num<T>::tiny));
     if (!scaled || !magnitude_ok(std::max({magnitude(uL, n), magnitude(w.v0.data(), m), magnitude(vL, m)}))) {
       status[e] = static_cast<int8_t>(Status::kLogDomain);
@@ -573,6 +599,7 @@ OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, 
     const T* yL = w.y.data() + L * m;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) w.lx[i] = log_entry(std::max(xL[i], Num<T>::tiny)) + 1;
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) w.ly[j] = log_entry(std::max(yL[j], Num<T>::tiny));
     for (int64_t j = 0; j < m; ++j) {
       const T* lk = w.logKt.data() + j * n;
@@ -583,7 +610,9 @@ OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, 
       for (int64_t i = 0; i < n; ++i) g[i] = (lk[i] + w.lx[i] + ly) * (k[i] * xL[i] * yj);
     }
     marginal_sums(w, n, m);
+#pragma omp simd
     for (int64_t i = 0; i < L * n; ++i) w.xa[i] = T(1) / w.q[i];
+#pragma omp simd
     for (int64_t j = 0; j < L * m; ++j) w.yb[j] = T(1) / std::max(w.s[j], Num<T>::tiny);
     backward(w, n, m, L, false);
     // g = dH/dC' = D^T / tau;  C' <- C' - lr g / max(||g||, tiny)
@@ -596,6 +625,7 @@ OT_CLONES void mesh_forward_element(const T* C, const T* noise, const T* log_a, 
 #pragma omp simd
       for (int64_t i = 0; i < n * m; ++i) cp[i] += g[i] * coef;
     } else {  // a (numerically) zero gradient: normalize first
+#pragma omp simd
       for (int64_t i = 0; i < n * m; ++i) cp[i] += (g[i] * inv) * (-lr / tau);
     }
     if (p.reuse_uv) std::copy(vL, vL + m, w.v0.begin());
@@ -642,6 +672,7 @@ OT_CLONES void mesh_backward_element(const T* trace_C, const T* trace_v0, const 
       w.v0f[j] = std::max(v0[j], Num<T>::neg);
     }
     for (int64_t i = 0; i < n; ++i)
+#pragma omp simd
       for (int64_t j = 0; j < m; ++j) w.logKt[j * n + i] = w.v0f[j] + alpha * Cs[i * m + j];
     build_K(w.logKt.data(), w.Kt.data(), w.r.data(), n, m);
     iterate(w, n, m, L);
@@ -665,16 +696,21 @@ OT_CLONES void mesh_backward_element(const T* trace_C, const T* trace_v0, const 
         w.yb[(k - 1) * m + j] = lb[j] > -Num<T>::inf ? w.y[k * m + j] * std::exp(-lb[j]) : T(0);
     }
     std::fill(w.G.begin(), w.G.end(), T(0));  // no direct term: only the potentials are seeded
+#pragma omp simd
     for (int64_t i = 0; i < n; ++i) w.gu[i] = step == last ? grad_u[e * n + i] : T(0);
     std::copy(seed_v, seed_v + m, w.gv.begin());
     backward(w, n, m, L, true);
+#pragma omp simd
     for (int64_t i = 0; i < n * m; ++i) w.Cp[i] += w.G[i];
+#pragma omp simd
     for (int64_t i = 0; i < n; ++i) gla[i] += w.ga[i];
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) glb[j] += w.gb[j];
     std::copy(w.gv.begin(), w.gv.end(), seed_v);  // the gradient of this step's warm start
   }
   T* gC = grad_C + e * n * m;
   for (int64_t i = 0; i < n; ++i)
+#pragma omp simd
     for (int64_t j = 0; j < m; ++j) gC[i * m + j] = alpha * w.Cp[j * n + i];  // dL/dC' = -dL/dS' / tau
   status[e] = static_cast<int8_t>(Status::kOptimal);
 }
