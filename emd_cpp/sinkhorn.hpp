@@ -18,7 +18,8 @@
 //
 // Threads: elements are shared out to `threads` threads (the caller's included) with an atomic counter.
 // Every element reads only its inputs and the buffers it wrote itself, so results do not depend on the
-// number of threads or on which thread did an element. Nothing here touches Python or throws except
+// number of threads or on which thread did an element, nor (the build has no run-time alias or alignment
+// checks: emd_cpp/CMakeLists.txt) on where the buffers lie. Nothing here touches Python or throws except
 // std::bad_alloc / std::system_error.
 #pragma once
 

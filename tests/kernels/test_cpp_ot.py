@@ -211,7 +211,7 @@ def _libc():
 
 
 def test_mesh_gives_the_same_bits_wherever_its_buffers_lie():
-    """Issue 15: same inputs, different bits, about once per thousand calls in training. The loops allocate
+    """Issue 15: same inputs, different bits, about once in 10,000 calls in training. The loops allocate
     their buffers per call; GCC had vectorized loops with a run-time alias check on their addresses, whose
     scalar fallback rounds differently. The fixture is one element of a training batch whose MESH result
     took two values; here the heap is reshuffled with blocks of the loops' own buffer sizes before each
