@@ -215,7 +215,7 @@ def test_mesh_gives_the_same_bits_wherever_its_buffers_lie():
     their buffers per call; GCC had vectorized loops with a run-time alias check on their addresses, whose
     scalar fallback rounds differently. The fixture is one element of a training batch whose MESH result
     took two values; here the heap is reshuffled with blocks of the loops' own buffer sizes before each
-    call (the old build gave the other value in 12 to 29 of 20,000 calls)."""
+    call (the old build gave the other value in 12 to 55 of 20,000 calls)."""
     libc = _libc()
     data = np.load(Path(__file__).parent / "data" / "mesh_layout_sensitive.npz")  # (1, 105, 5): one element
     C, noise, log_a, log_b = (data[k] for k in ("C", "noise", "log_a", "log_b"))
