@@ -15,6 +15,7 @@ import torch
 
 import emd_cpp
 from kernels import MeshParams, cpp_ot, torch_ot
+from kernels._checks import MASS_RTOL
 
 F32, F64 = torch.float32, torch.float64
 
@@ -220,10 +221,11 @@ def test_mesh_gives_the_same_bits_wherever_its_buffers_lie():
     data = np.load(Path(__file__).parent / "data" / "mesh_layout_sensitive.npz")  # (1, 105, 5): one element
     C, noise, log_a, log_b = (data[k] for k in ("C", "noise", "log_a", "log_b"))
     params = MeshParams(n_mesh_iters=4, n_sh_iters=5, lr=8.0, noise_scale=1e-3, tau=1.0, reuse_uv=True)
-    call = lambda: emd_cpp.mesh_fwd(C, noise, log_a, log_b, params, False, 1, 1e-4)[:3]
+    call = lambda: emd_cpp.mesh_fwd(C, noise, log_a, log_b, params, False, 1, MASS_RTOL)[:3]
     first = [x.copy() for x in call()]
-    n, m, L = 105, 5, 5
-    sizes = [4 * s for s in (n * m, L * n, L * m, (L + 1) * m, n, m)]
+    _, n, m = C.shape
+    L = params.n_sh_iters
+    sizes = [C.itemsize * s for s in (n * m, L * n, L * m, (L + 1) * m, n, m)]  # the loops' buffers (Work)
     rng = np.random.default_rng(0)
     held, differ = [], 0
     try:

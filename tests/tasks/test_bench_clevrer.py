@@ -8,7 +8,8 @@ CLEVRER-L frames. SA is the baseline ("vs base" < 1 means slower than SA: the is
 SA-MESH's step time over SA's, target <= 1.1x). Every variant runs with the speed options of the
 experiment (bf16 autocast of the convolutions where bfloat16 is native, ``slots.native_bf16``; channels-last;
 the factored first decoder layer; slot attention in float32); "sa plain fp32" is SA without them, to show
-what they buy. One torch thread, and glibc told to keep freed memory, as a training run of ``--jobs 2`` does on two cores.
+what they buy. One torch thread, and glibc told to keep freed memory, as a training run of ``--jobs 2`` does
+on two cores.
 
 The clock is this process's CPU time (``time.process_time``), not wall time: with one torch thread (the C++
 OT loops follow torch's thread count) the two are equal on an idle machine, and on a machine shared with
