@@ -330,3 +330,35 @@ def test_table_shows_floor_and_median_range(finished):
     row = summary["rows"][0]
     row["metrics"]["rmse_norm"].update(per_seed=[0.5, 0.7, 0.6], ours=0.6, min=0.5, max=0.7)
     assert "| SA | 0.600 [0.500, 0.700] | 0.65 |" in format_table(summary)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The input marginal's share on the zero inputs (issue 9: does the learned marginal starve the objects?)
+
+
+def test_background_mass_is_the_marginals_share_on_zero_inputs():
+    from tasks.random_objects.data import make_split
+
+    test = make_split("test", 16, 0.01, 0)
+    x, _ = test[torch.arange(16)]  # (16, 105, 32): 5 objects, 100 zeros
+    uniform = experiment.RandomObjectsModel(RandomObjectsConfig(learned_marginals=False).model("sa-sh"))
+    assert torch.allclose(experiment.background_mass(uniform, x), torch.full((16,), 100 / 105))
+
+    torch.manual_seed(0)
+    model = experiment.RandomObjectsModel(RandomObjectsConfig().model("sa-mesh"))
+    sa = model.slot_attention
+    with torch.no_grad():  # LN(0) = beta: a random beta gives the zero inputs a logit of their own
+        sa.norm_inputs.bias.normal_()
+        sa.input_marginal[-1].weight.mul_(10.0)  # and logits far from equal
+    logits = sa.input_marginal(sa.norm_inputs(x)).squeeze(2)  # (16, 105), the modules one by one
+    zero = (x == 0).all(2)
+    assert zero.sum(1).eq(100).all()
+    expected = torch.softmax(logits, 1)[zero].view(16, 100).sum(1)
+    got = experiment.background_mass(model, x)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert (got - 100 / 105).abs().mean() > 0.05  # the learned marginal is far from uniform here
+
+    evaluated = experiment._evaluate(model.eval(), test, RandomObjectsConfig(n_test=16))
+    assert evaluated["background_mass"] == pytest.approx(float(got.mean()), abs=1e-6)
+    sa_model = experiment.RandomObjectsModel(RandomObjectsConfig().model("sa")).eval()
+    assert "background_mass" not in experiment._evaluate(sa_model, test, RandomObjectsConfig(n_test=16))
