@@ -162,10 +162,11 @@ def _evaluate(model, test, cfg: RandomObjectsConfig) -> dict:
     preds, targets, zero_mass = [], [], []
     for start in range(0, len(test), cfg.eval_batch):
         x, target = test[torch.arange(start, min(start + cfg.eval_batch, len(test)))]
-        preds.append(model(x.to(device)).cpu())
+        x = x.to(device)
+        preds.append(model(x).cpu())
         targets.append(target)
         if is_ot:
-            zero_mass.append(background_mass(model, x.to(device)).cpu())
+            zero_mass.append(background_mass(model, x).cpu())
     pred, target = torch.cat(preds), torch.cat(targets)  # (N, k, dim)
     rmse = float(normalized_hungarian_rmse(pred, target, cfg.sigma))
     metrics = {"rmse_norm": rmse, "mse": (rmse * cfg.sigma) ** 2}
