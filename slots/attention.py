@@ -443,6 +443,12 @@ class SlotAttention(nn.Module):
         if config.init == "per_slot":
             self.slots_init = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, config.n_slots, d)))
 
+    @property
+    def is_ot(self) -> bool:
+        """Whether the variant computes attention as optimal transport (SA-SH, SA-EMD, SA-MESH), and so has
+        the marginals of :meth:`marginals`."""
+        return self._variant.is_ot
+
     # -----------------------------------------------------------------------------------------------
     def _marginal_mass(self) -> float:
         """The total mass s of each marginal: OTConfig.marginal_scale, or n_slots."""

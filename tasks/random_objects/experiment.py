@@ -158,7 +158,7 @@ def background_mass(model: RandomObjectsModel, x: torch.Tensor) -> torch.Tensor:
 
 def _evaluate(model, test, cfg: RandomObjectsConfig) -> dict:
     device = next(model.parameters()).device
-    is_ot = model.config.variant != "sa"
+    is_ot = model.slot_attention.is_ot
     preds, targets, zero_mass = [], [], []
     for start in range(0, len(test), cfg.eval_batch):
         x, target = test[torch.arange(start, min(start + cfg.eval_batch, len(test)))]

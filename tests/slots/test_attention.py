@@ -76,6 +76,19 @@ def test_marginals_sum_to_n_slots(learned):
         make("sa").marginals(x, s)
 
 
+@pytest.mark.parametrize("variant", ["sa", "sa-sh", "sa-emd", "sa-mesh"])
+def test_is_ot_says_which_variants_have_marginals(variant):
+    sa = make(variant)
+    x, s = torch.randn(2, 5, sa.config.input_dim), torch.randn(2, sa.config.n_slots, sa.config.dim)
+    assert sa.is_ot == (variant != "sa")
+    if sa.is_ot:
+        a, b = sa.marginals(x, s)
+        assert a.shape == (2, 5) and b.shape == (2, sa.config.n_slots)
+    else:
+        with pytest.raises(ValueError, match="no OT marginals"):
+            sa.marginals(x, s)
+
+
 def _locatello_step(sa, x, slots):
     """One iteration of Locatello et al. (2020), written out with the module's weights."""
     d = slots.shape[2]
