@@ -1,13 +1,14 @@
 """The random-objects detection model (paper Sec. 5.1, App. F.1): slot attention applied directly to the
-(k + h) x 32 input multiset, 5 slots of size 32, a linear read-out per slot.
+(k + h) x 32 input multiset, 5 slots of size 32, optionally a linear read-out per slot.
 
 Choices the paper leaves open, and the ones made here:
-* the read-out: a linear map from each slot to an object (``head="linear"``). Slot attention's GRU and
-  residual MLP produce slots at unit scale, while the objects have scale sigma (down to 0.01); a learned
-  linear map absorbs the scale. It starts at zero, so an untrained model predicts zeros (normalized RMSE
-  about 1, the baseline) at every sigma, instead of unit-scale vectors (normalized RMSE about 1 / sigma);
-  the slot-attention parameters get gradients as soon as the head moves away from zero.
-  ``head="none"`` compares the slots themselves with the objects.
+* the read-out: ``head="linear"`` maps each slot to an object with a learned linear map. Slot attention's
+  GRU and residual MLP produce slots at unit scale, while the objects have scale sigma (down to 0.01); the
+  map absorbs the scale. It starts at zero, so an untrained model predicts zeros (normalized RMSE about 1,
+  the baseline) at every sigma, instead of unit-scale vectors (normalized RMSE about 1 / sigma); the
+  slot-attention parameters get gradients as soon as the head moves away from zero. ``head="none"`` compares
+  the slots themselves with the objects, as the paper's text does ("copy the k random vectors into the k
+  slots"); the experiment (``tasks.random_objects.experiment``) uses it by default.
 * the cost per variant, following the official MESH code: "dot" (Locatello et al.'s scaled dot
   product) for SA, "l2" (Euclidean distance) for the optimal-transport variants.
 * the slot-attention defaults of the official code: 3 iterations, MLP width 128, learned-Gaussian slot
