@@ -99,7 +99,7 @@ BUDGETS = {
     "cpu": Budget(steps=1_500, batch_size=8, lr=4e-4, warmup_steps=150, decay_steps=1_500, grad_clip=0.1,
                   eval_every=500, ckpt_every=100, overrides={"n_train": 2_000, "n_test": 320},
                   note="CPU budget: the five Table 5 rows of one data variant in about 2.6 hours on two idle "
-                       "CPU cores"),
+                       "CPU cores with native bfloat16; about 4-6 hours where the convolutions run in float32"),
 }
 
 
