@@ -6,15 +6,15 @@ seed and variant (``make_split("test", n_test, sigma, 0)``, a different stream).
 Hungarian-matched (prediction, object) pairs over the whole test set, divided by sigma. Two reference rows
 are printed with the variants: predicting zeros (about 1), and ideal routing (:func:`ideal_routing_rmse`: the
 best any model can do that sees each object through the input LayerNorm and reads it out linearly; variants
-within noise of it are at a ceiling of the set-up, not ranked by it).
+within noise of it are at a ceiling of the set-up, not ranked by it). For the optimal-transport variants the
+evaluation also logs ``background_mass`` (:func:`background_mass`), the share of the learned input marginal on
+the zero inputs, to ``metrics.jsonl``.
 
 The default set-up is the paper's text (App. F.1: slot attention applied directly, the slots compared with the
 objects, ``head="none"``) with the official code's optimizer settings (``BUDGETS["paper"]``). RESULTS.md
 (issue 9) shows why: it brings SA close to the paper's figures at sigma = 1 and 0.01, with the paper's sigma
 dependence, where a zero-initialised linear read-out (``--head linear`` with the runner's default schedule)
-makes the task nearly sigma-invariant and puts SA-EMD and SA-MESH on the floor. For the optimal-transport variants the
-evaluation also logs ``background_mass`` (:func:`background_mass`), the share of the learned input marginal on
-the zero inputs, to ``metrics.jsonl``.
+makes the task nearly sigma-invariant and puts SA-EMD and SA-MESH on the floor.
 
 Known limits: SA-EMD solves exact OT on the CPU for every example and iteration, so it is the slowest variant.
 """
@@ -240,9 +240,9 @@ def _add_arguments(p, steps_group) -> None:
                    help="the 'quick' budget: " + BUDGETS["quick"].note)
     steps_group.add_argument("--epochs", type=int_at_least(1),
                    help="epochs per run, each n_train / batch_size steps (instead of --steps)")
-    p.add_argument("--n-train", type=int_at_least(1), default=64_000, help="training examples")
+    p.add_argument("--n-train", type=int_at_least(1), default=RandomObjectsConfig.n_train, help="training examples")
     p.add_argument("--n-test", type=int_at_least(1), help="test examples (default 6,400; --quick 1,280)")
-    p.add_argument("--head", choices=HEADS, default="none",
+    p.add_argument("--head", choices=HEADS, default=RandomObjectsConfig.head,
                    help="read-out of the slots: none (the slots are the predictions, as in the paper's text) or a "
                         "zero-initialised linear map")
     ot = p.add_argument_group("OT options (SA-SH, SA-EMD, SA-MESH; SA ignores them)")

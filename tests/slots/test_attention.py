@@ -76,11 +76,11 @@ def test_marginals_sum_to_n_slots(learned):
         make("sa").marginals(x, s)
 
 
-@pytest.mark.parametrize("variant", ["sa", "sa-sh", "sa-emd", "sa-mesh"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_is_ot_says_which_variants_have_marginals(variant):
     sa = make(variant)
     x, s = torch.randn(2, 5, sa.config.input_dim), torch.randn(2, sa.config.n_slots, sa.config.dim)
-    assert sa.is_ot == (variant != "sa")
+    assert sa.is_ot == (variant in OT_VARIANTS)
     if sa.is_ot:
         a, b = sa.marginals(x, s)
         assert a.shape == (2, 5) and b.shape == (2, sa.config.n_slots)
