@@ -344,13 +344,13 @@ def _validate(cfg: ClevrerConfig, budget: Budget) -> None:
 def _add_arguments(p, steps_group) -> None:
     from ..runner import int_at_least, positive_float
 
-    p.add_argument("--data", choices=sorted(VARIANT_FRAMES), default="S",
+    p.add_argument("--data", choices=sorted(VARIANT_FRAMES), default=ClevrerConfig.data,
                    help="CLEVRER-S (frames 1 and 16) or CLEVRER-L (frames 1 and 128)")
     p.add_argument("--data-dir", help="the real CLEVRER folder (videos, derender_proposals); default: "
                                       "generated pairs")
     p.add_argument("--n-train", type=int_at_least(1), help="training pairs (default: the budget's, or all)")
     p.add_argument("--n-test", type=int_at_least(1), help="test pairs (default: the budget's, or all)")
-    p.add_argument("--low-mesh-lr", type=positive_float, default=2.0,
+    p.add_argument("--low-mesh-lr", type=positive_float, default=ClevrerConfig.low_mesh_lr,
                    help="MESH step size of the sa-mesh-low-lr row (the paper does not give its value)")
 
 

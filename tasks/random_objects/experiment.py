@@ -235,7 +235,7 @@ def _describe(cfg: RandomObjectsConfig, budget: Budget, seeds: int) -> str:
 def _add_arguments(p, steps_group) -> None:
     from ..runner import float_at_least_zero, int_at_least, positive_float
 
-    p.add_argument("--sigma", type=positive_float, default=0.01, help="standard deviation of the objects")
+    p.add_argument("--sigma", type=positive_float, default=RandomObjectsConfig.sigma, help="standard deviation of the objects")
     p.add_argument("--quick", action="store_const", const="quick", dest="budget",
                    help="the 'quick' budget: " + BUDGETS["quick"].note)
     steps_group.add_argument("--epochs", type=int_at_least(1),
@@ -256,9 +256,9 @@ def _add_arguments(p, steps_group) -> None:
                       help="differentiate through the MESH steps (needed by --mesh-objective learned and "
                            "--similarity-alpha)")
     mesh.add_argument("--learn-mesh-lr", action="store_true", help="learn the MESH step size, starting at 8")
-    mesh.add_argument("--mesh-objective", choices=MESH_OBJECTIVES, default="entropy",
+    mesh.add_argument("--mesh-objective", choices=MESH_OBJECTIVES, default=RandomObjectsConfig.mesh_objective,
                       help="what MESH minimizes: the entropy (Eq. 9) or a learned elementwise objective (App. I)")
-    mesh.add_argument("--similarity-alpha", type=float_at_least_zero, default=0.0,
+    mesh.add_argument("--similarity-alpha", type=float_at_least_zero, default=RandomObjectsConfig.similarity_alpha,
                       help="weight of App. B's similarity regulariser (Eq. 13); 0: off")
     mesh.add_argument("--warm-start-grad", action="store_true",
                       help="the official code's gradient: MESH's warm-start potentials stay on the autograd graph")
