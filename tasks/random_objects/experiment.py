@@ -169,6 +169,7 @@ def background_mass(model: RandomObjectsModel, x: torch.Tensor) -> torch.Tensor:
     return (a * background).sum(1) / a.sum(1)
 
 
+@torch.no_grad()
 def _evaluate(model, test, cfg: RandomObjectsConfig) -> dict:
     device = next(model.parameters()).device
     is_ot = model.slot_attention.is_ot
