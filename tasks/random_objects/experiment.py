@@ -169,7 +169,6 @@ def background_mass(model: RandomObjectsModel, x: torch.Tensor) -> torch.Tensor:
     return (a * background).sum(1) / a.sum(1)
 
 
-@torch.no_grad()
 def _evaluate(model, test, cfg: RandomObjectsConfig) -> dict:
     device = next(model.parameters()).device
     is_ot = model.slot_attention.is_ot
@@ -236,7 +235,8 @@ def _describe(cfg: RandomObjectsConfig, budget: Budget, seeds: int) -> str:
 def _add_arguments(p, steps_group) -> None:
     from ..runner import float_at_least_zero, int_at_least, positive_float
 
-    p.add_argument("--sigma", type=positive_float, default=RandomObjectsConfig.sigma, help="standard deviation of the objects")
+    p.add_argument("--sigma", type=positive_float, default=RandomObjectsConfig.sigma,
+                   help="standard deviation of the objects")
     p.add_argument("--quick", action="store_const", const="quick", dest="budget",
                    help="the 'quick' budget: " + BUDGETS["quick"].note)
     steps_group.add_argument("--epochs", type=int_at_least(1),
