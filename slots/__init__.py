@@ -5,7 +5,7 @@ Conventions: inputs x (B, n, input_dim), slots (B, n_slots, dim); attention plan
 rows = inputs and columns = slots, as in ``kernels``. Images (B, C, H, W) in [-1, 1] for the
 object-discovery autoencoder of ``slots.vision``.
 """
-from .attention import (ATTENTION_VARIANTS, COSTS, MESH_OBJECTIVES, SLOT_INITS, OTConfig, SlotAttention,
+from .attention import (ATTENTION_VARIANTS, COSTS, MARGINAL_INPUTS, MESH_OBJECTIVES, SLOT_INITS, OTConfig, SlotAttention,
                         SlotAttentionConfig)
 from .losses import hungarian_huber_loss, hungarian_match, hungarian_mse_loss, pairwise_huber, pairwise_mse
 from .mesh_variants import LearnedObjective, MeshVariant, PairSimilarity, entropy_objective, mesh_autograd
@@ -40,6 +40,7 @@ __all__ = [
     "COSTS",
     "SLOT_INITS",
     "MESH_OBJECTIVES",
+    "MARGINAL_INPUTS",
     "mesh_autograd",
     "entropy_objective",
     "LearnedObjective",

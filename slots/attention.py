@@ -60,9 +60,10 @@ from kernels.mesh import mesh
 from .mesh_variants import MeshVariant
 
 __all__ = ["OTConfig", "SlotAttentionConfig", "SlotAttention", "COSTS", "ATTENTION_VARIANTS", "SLOT_INITS",
-           "MESH_OBJECTIVES"]
+           "MESH_OBJECTIVES", "MARGINAL_INPUTS"]
 
 MESH_OBJECTIVES = ("entropy", "learned")
+MARGINAL_INPUTS = ("normalized", "raw")
 
 
 def _check_positive_int(name: str, value, minimum: int = 1) -> None:
@@ -92,6 +93,8 @@ class OTConfig:
         reuse_uv: warm-start each MESH step's Sinkhorn from the previous step's potentials (App. D).
         straight_through: pass gradients from MESH's output cost to its input cost unchanged (Sec. 4.1).
         learned_marginals: learned marginals of App. A; False gives uniform ones of equal mass.
+        marginal_input: what the input-marginal network h_a sees: "normalized" (LN(x), the keys' and values'
+            input, as the official code) or "raw" (x itself). App. A writes h_a(x_i) without saying which.
         normalize_plan: divide each column of the plan by its sum before the weighted mean of values
             (True, as SA does) or use the raw plan (False, as the official code does).
         warm_start_grad: MESH's potentials carry the official code's gradient back through every MESH step
@@ -122,6 +125,7 @@ class OTConfig:
     reuse_uv: bool = True
     straight_through: bool = True
     learned_marginals: bool = True
+    marginal_input: str = "normalized"
     normalize_plan: bool = True
     warm_start_grad: bool = False
     backend: str | None = None
@@ -146,6 +150,8 @@ class OTConfig:
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"OTConfig.backend must be None or one of {', '.join(map(repr, BACKENDS))}, "
                              f"got {self.backend!r}")
+        if self.marginal_input not in MARGINAL_INPUTS:
+            raise ValueError(f"OTConfig.marginal_input must be one of {MARGINAL_INPUTS}, got {self.marginal_input!r}")
         if self.mesh_objective not in MESH_OBJECTIVES:
             raise ValueError(f"OTConfig.mesh_objective must be one of {MESH_OBJECTIVES}, got {self.mesh_objective!r}")
         if self.learn_mesh_lr and self.mesh_lr == 0:
@@ -179,6 +185,10 @@ class SlotAttentionConfig:
             nothing learned), "equal" (every slot the same learned vector; Sec. 4.1) or "per_slot" (one
             learned vector per slot, no sampling: the learned initialization of App. H and Locatello et
             al.'s App. B). Ignored when slots are passed to ``forward``.
+        init_scale: factor on the initial slots drawn by ``init`` (> 0; 1 leaves them as drawn). The paper
+            does not state the scale of the initial slots; where the slots themselves are compared with
+            small targets (random objects at small sigma), a small scale skips the phase in which training
+            only shrinks the slots. Ignored when slots are passed to ``forward``.
         implicit_grad: first-order implicit differentiation of Chang et al. (2022).
         eps: added to the plan before normalizing over inputs (1e-8 as Locatello et al.).
         ot: :class:`OTConfig` (a dict is converted, so a config read back from JSON works).
@@ -192,6 +202,7 @@ class SlotAttentionConfig:
     n_iters: int = 3
     mlp_hidden: int = 128
     init: str = "learned"
+    init_scale: float = 1.0
     implicit_grad: bool = False
     eps: float = 1e-8
     ot: OTConfig = field(default_factory=OTConfig)
@@ -205,6 +216,7 @@ class SlotAttentionConfig:
         if not isinstance(self.implicit_grad, bool):
             raise ValueError(f"implicit_grad must be a bool, got {self.implicit_grad!r}")
         _check_positive_float("eps", self.eps, allow_zero=True)
+        _check_positive_float("init_scale", self.init_scale)
         if isinstance(self.ot, dict):
             self.ot = OTConfig(**self.ot)
         if not isinstance(self.ot, OTConfig):
@@ -487,7 +499,10 @@ class SlotAttention(nn.Module):
             raise ValueError(f"variant {self.config.variant!r} has no OT marginals")
         self._check_inputs(x, slots)
         xn = self.norm_inputs(x)
-        logits = self.input_marginal(xn).squeeze(2) if self.config.ot.learned_marginals else None
+        logits = None
+        if self.config.ot.learned_marginals:
+            seen = x if self.config.ot.marginal_input == "raw" else xn
+            logits = self.input_marginal(seen).squeeze(2)  # (B, n)
         return self._input_marginal(xn, logits), self._slot_marginal(self.norm_slots(slots))
 
     def _input_projections(self, x: torch.Tensor):
@@ -509,8 +524,11 @@ class SlotAttention(nn.Module):
         logits = None
         if self._variant.is_ot and self.config.ot.learned_marginals:
             first, last = self.input_marginal[0], self.input_marginal[2]
-            logits = _SetScalarMLP.apply(xhat, first.weight * ln.weight, first.weight @ ln.bias + first.bias,
-                                         last.weight[0])  # (B, n)
+            if self.config.ot.marginal_input == "raw":
+                logits = _SetScalarMLP.apply(x, first.weight, first.bias, last.weight[0])  # (B, n)
+            else:
+                logits = _SetScalarMLP.apply(xhat, first.weight * ln.weight, first.weight @ ln.bias + first.bias,
+                                             last.weight[0])  # (B, n)
         return folded(self.to_k), folded(self.to_v), logits
 
     def _check_inputs(self, x, slots) -> None:
@@ -592,7 +610,9 @@ class SlotAttention(nn.Module):
         a = self._input_marginal(x, logits) if self._variant.is_ot else None  # (B, n)
         noise = torch.randn(B, n, cfg.n_slots, device=x.device, dtype=x.dtype) if self._variant.needs_noise else None
         if slots is None:
-            slots = self._init(self, B, x.device, x.dtype)
+            slots = self._init(self, B, x.device, x.dtype)  # (B, n_slots, dim)
+            if cfg.init_scale != 1:
+                slots = slots * cfg.init_scale
 
         if cfg.implicit_grad:
             with torch.no_grad():

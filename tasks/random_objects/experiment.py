@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slots import MESH_OBJECTIVES, OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
+from slots import COSTS, MARGINAL_INPUTS, MESH_OBJECTIVES, OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
 
 from ..runner import BACKENDS, Budget, Metric, Task, require_one_batch
 from ..runner import format_table as _format_table
@@ -31,7 +31,7 @@ from .data import make_split
 from .model import HEADS, ModelConfig, RandomObjectsModel
 
 __all__ = ["RandomObjectsConfig", "PAPER_TABLE1", "VARIANTS", "TASK", "BUDGETS", "format_table", "ideal_routing_rmse",
-           "IDEAL_ROUTING", "background_mass"]
+           "IDEAL_ROUTING", "background_mass", "plan_entropy"]
 
 VARIANT_NAMES = {"sa": "SA", "sa-sh": "SA-SH", "sa-emd": "SA-EMD", "sa-mesh": "SA-MESH"}
 VARIANTS = tuple(VARIANT_NAMES)
@@ -66,6 +66,11 @@ class RandomObjectsConfig:
         eval_batch: examples per forward pass during evaluation.
         head, n_iters, mesh_lr, mesh_iters: model options (see ``model.ModelConfig``, ``slots.OTConfig``); the
             slots are the predictions (``head="none"``), as the paper's text has it.
+        slot_init_scale: factor on the initial slots (``slots.SlotAttentionConfig.init_scale``), a number > 0
+            or "sigma" (the objects' scale). The paper does not state it; 1 is the official code's.
+        cost: the OT variants' cost (a key of ``slots.COSTS``); None is "l2", the official code's. SA keeps
+            its scaled dot product.
+        marginal_input: what the input-marginal network sees (``slots.OTConfig.marginal_input``).
         straight_through, learn_mesh_lr, mesh_objective, similarity_alpha: SA-MESH's options (``slots.OTConfig``;
             the MESH variants of App. B and I); the other variants ignore them.
         normalize_plan, learned_marginals: the OT variants' plan normalization and App. A marginals
@@ -84,6 +89,8 @@ class RandomObjectsConfig:
     eval_batch: int = 1_000
     head: str = "none"
     n_iters: int = 3
+    slot_init_scale: float | str = 1.0
+    cost: str | None = None
     mesh_lr: float = 8.0
     mesh_iters: int = 4
     straight_through: bool = True
@@ -93,6 +100,7 @@ class RandomObjectsConfig:
     warm_start_grad: bool = False
     normalize_plan: bool = True
     learned_marginals: bool = True
+    marginal_input: str = "normalized"
     backend: str = "auto"
 
     def __post_init__(self):
@@ -107,6 +115,13 @@ class RandomObjectsConfig:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.slot_init_scale != "sigma":
+            if isinstance(self.slot_init_scale, bool) or not isinstance(self.slot_init_scale, (int, float)) \
+                    or not math.isfinite(self.slot_init_scale) or self.slot_init_scale <= 0:
+                raise ValueError(f"slot_init_scale must be a finite number > 0 or 'sigma', got {self.slot_init_scale!r}")
+            self.slot_init_scale = float(self.slot_init_scale)
+        if self.cost is not None and self.cost not in COSTS:
+            raise ValueError(f"cost must be None or one of {', '.join(COSTS)}, got {self.cost!r}")
         self.model("sa-mesh")  # validates the model options
 
     def model(self, variant: str) -> ModelConfig:
@@ -117,11 +132,12 @@ class RandomObjectsConfig:
             mesh = dict(straight_through=self.straight_through, learn_mesh_lr=self.learn_mesh_lr,
                         mesh_objective=self.mesh_objective, similarity_alpha=self.similarity_alpha,
                         warm_start_grad=self.warm_start_grad)
-        return ModelConfig(variant=variant, n_slots=self.n_objects, dim=self.dim, n_iters=self.n_iters,
-                           head=self.head, ot=OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters,
-                                                       normalize_plan=self.normalize_plan,
-                                                       learned_marginals=self.learned_marginals,
-                                                       backend=backend, **mesh))
+        init_scale = self.sigma if self.slot_init_scale == "sigma" else self.slot_init_scale
+        return ModelConfig(variant=variant, cost=None if variant == "sa" else self.cost, n_slots=self.n_objects,
+                           dim=self.dim, n_iters=self.n_iters, init_scale=init_scale, head=self.head,
+                           ot=OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters,
+                                       normalize_plan=self.normalize_plan, learned_marginals=self.learned_marginals,
+                                       marginal_input=self.marginal_input, backend=backend, **mesh))
 
 
 def _paper(cfg: RandomObjectsConfig) -> dict:
@@ -172,20 +188,38 @@ def background_mass(model: RandomObjectsModel, x: torch.Tensor) -> torch.Tensor:
 def _evaluate(model, test, cfg: RandomObjectsConfig) -> dict:
     device = next(model.parameters()).device
     is_ot = model.slot_attention.is_ot
-    preds, targets, zero_mass = [], [], []
+    preds, targets, zero_mass, entropy = [], [], [], []
     for start in range(0, len(test), cfg.eval_batch):
         x, target = test[torch.arange(start, min(start + cfg.eval_batch, len(test)))]
         x = x.to(device)
-        preds.append(model(x).cpu())
+        slots, plan = model.slot_attention(x)  # (b, k, dim), (b, k + h, k)
+        preds.append(model.head(slots).cpu())
         targets.append(target)
+        entropy.append(plan_entropy(plan).cpu())
         if is_ot:
             zero_mass.append(background_mass(model, x).cpu())
     pred, target = torch.cat(preds), torch.cat(targets)  # (N, k, dim)
     rmse = float(normalized_hungarian_rmse(pred, target, cfg.sigma))
-    metrics = {"rmse_norm": rmse, "mse": (rmse * cfg.sigma) ** 2}
+    metrics = {"rmse_norm": rmse, "mse": (rmse * cfg.sigma) ** 2, "plan_entropy": float(torch.cat(entropy).mean())}
     if is_ot:
         metrics["background_mass"] = float(torch.cat(zero_mass).mean())
     return metrics
+
+
+def plan_entropy(plan: torch.Tensor) -> torch.Tensor:
+    """The entropy of each slot's attention column, normalized to sum 1, averaged over the slots.
+
+    log(k + h) (4.65 for 105 inputs) for a slot that attends to every input alike, 0 for one that attends to
+    a single input; MESH lowers it for the OT variants (Sec. 4).
+
+    Args:
+        plan: (B, n, m) last-iteration attention plan, rows are inputs, columns are slots.
+
+    Returns:
+        (B,) mean over the m slots of -sum_i w_ij log w_ij, w = each column of the plan divided by its sum.
+    """
+    w = plan / plan.sum(1, keepdim=True).clamp_min(1e-30)  # (B, n, m): columns sum to 1
+    return -(w * w.clamp_min(1e-30).log()).sum(1).mean(1)
 
 
 IDEAL_ROUTING = "ideal routing, linear read-out"
@@ -246,17 +280,30 @@ def _add_arguments(p, steps_group) -> None:
     p.add_argument("--head", choices=HEADS, default=RandomObjectsConfig.head,
                    help="read-out of the slots: none (the slots are the predictions, as in the paper's text) or a "
                         "zero-initialised linear map")
+    p.add_argument("--n-iters", type=int_at_least(1), default=RandomObjectsConfig.n_iters,
+                   help="slot-attention iterations")
+    p.add_argument("--slot-init-scale", type=_init_scale, default=RandomObjectsConfig.slot_init_scale,
+                   help="factor on the initial slots: a number > 0, or 'sigma' (the objects' scale)")
     ot = p.add_argument_group("OT options (SA-SH, SA-EMD, SA-MESH; SA ignores them)")
+    ot.add_argument("--cost", choices=tuple(COSTS), help="the OT variants' cost (default: l2, the Euclidean "
+                                                         "distance, as the official code)")
+    ot.add_argument("--marginal-input", choices=MARGINAL_INPUTS, default=RandomObjectsConfig.marginal_input,
+                    help="what the input-marginal network of App. A sees: the normalized inputs LN(x), as the "
+                         "keys and values, or the raw inputs x")
     ot.add_argument("--raw-plan", action="store_true",
                     help="the raw transport plan as attention weights, as the official code (default: each "
                          "slot's column normalized to sum 1)")
     ot.add_argument("--uniform-marginals", action="store_true",
                     help="uniform marginals instead of the learned ones of App. A")
     mesh = p.add_argument_group("SA-MESH options (the MESH variants of App. B and I; other variants ignore them)")
+    mesh.add_argument("--mesh-lr", type=float_at_least_zero, default=RandomObjectsConfig.mesh_lr,
+                      help="MESH step size (lambda of Eq. 11)")
+    mesh.add_argument("--mesh-iters", type=int_at_least(0), default=RandomObjectsConfig.mesh_iters,
+                      help="MESH steps (T of Eq. 11)")
     mesh.add_argument("--no-straight-through", action="store_true",
                       help="differentiate through the MESH steps (needed by --mesh-objective learned and "
                            "--similarity-alpha)")
-    mesh.add_argument("--learn-mesh-lr", action="store_true", help="learn the MESH step size, starting at 8")
+    mesh.add_argument("--learn-mesh-lr", action="store_true", help="learn the MESH step size, starting at --mesh-lr")
     mesh.add_argument("--mesh-objective", choices=MESH_OBJECTIVES, default=RandomObjectsConfig.mesh_objective,
                       help="what MESH minimizes: the entropy (Eq. 9) or a learned elementwise objective (App. I)")
     mesh.add_argument("--similarity-alpha", type=float_at_least_zero, default=RandomObjectsConfig.similarity_alpha,
@@ -265,8 +312,17 @@ def _add_arguments(p, steps_group) -> None:
                       help="the official code's gradient: MESH's warm-start potentials stay on the autograd graph")
 
 
+def _init_scale(text: str) -> float | str:
+    """argparse type of ``--slot-init-scale``: "sigma" or a finite number > 0."""
+    from ..runner import positive_float
+
+    return text if text == "sigma" else positive_float(text)
+
+
 def _options_from_args(args) -> dict:
-    options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head,
+    options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head, "n_iters": args.n_iters,
+               "slot_init_scale": args.slot_init_scale, "cost": args.cost, "marginal_input": args.marginal_input,
+               "mesh_lr": args.mesh_lr, "mesh_iters": args.mesh_iters,
                "straight_through": not args.no_straight_through, "learn_mesh_lr": args.learn_mesh_lr,
                "mesh_objective": args.mesh_objective, "similarity_alpha": args.similarity_alpha,
                "warm_start_grad": args.warm_start_grad, "normalize_plan": not args.raw_plan,

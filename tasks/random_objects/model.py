@@ -38,6 +38,7 @@ class ModelConfig:
         n_slots: slots (the number of objects, 5). dim: slot and object size (32).
         n_iters: slot-attention iterations. mlp_hidden: width of slot attention's MLPs.
         init: slot initialization ("learned", "fixed" or "equal").
+        init_scale: factor on the initial slots (``slots.SlotAttentionConfig.init_scale``).
         implicit_grad: implicit differentiation of the slots.
         head: "linear" or "none" (see the module docstring).
         ot: :class:`slots.OTConfig` of the optimal-transport variants.
@@ -50,6 +51,7 @@ class ModelConfig:
     n_iters: int = 3
     mlp_hidden: int = 128
     init: str = "learned"
+    init_scale: float = 1.0
     implicit_grad: bool = True
     head: str = "linear"
     ot: OTConfig = field(default_factory=OTConfig)
@@ -69,7 +71,8 @@ class ModelConfig:
         """The :class:`slots.SlotAttentionConfig` of this model."""
         return SlotAttentionConfig(n_slots=self.n_slots, dim=self.dim, input_dim=self.dim, variant=self.variant,
                                    cost=self.cost, n_iters=self.n_iters, mlp_hidden=self.mlp_hidden,
-                                   init=self.init, implicit_grad=self.implicit_grad, ot=self.ot)
+                                   init=self.init, init_scale=self.init_scale, implicit_grad=self.implicit_grad,
+                                   ot=self.ot)
 
     def to_dict(self) -> dict:
         """Plain nested dict; ``ModelConfig(**d)`` restores it."""

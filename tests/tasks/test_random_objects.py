@@ -2,6 +2,7 @@
 its summary files, argument checks, unusable run folders (corrupt or foreign checkpoints, existing runs)
 refused with nothing overwritten, reuse of finished runs, Ctrl-C then --resume, and torchrun."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -371,3 +372,96 @@ def test_background_mass_is_the_marginals_share_on_zero_inputs():
         sa_evaluated = experiment._evaluate(sa_model, test, RandomObjectsConfig(n_test=16))
     assert evaluated["background_mass"] == pytest.approx(float(got.mean()), abs=1e-6)
     assert "background_mass" not in sa_evaluated
+
+
+# ---------------------------------------------------------------------------------------------------
+# The options of the Table 1 search: initial slot scale, cost, marginal network's input, MESH step
+
+
+def test_search_options_reach_the_model_from_the_command_line():
+    parse = build_parser().parse_args
+    cfg = config_from_args(parse(["--slot-init-scale", "0.01", "--mesh-lr", "1", "--mesh-iters", "2", "--n-iters",
+                                  "4", "--cost", "l2sq", "--marginal-input", "raw", "--out", "o"])).config
+    for name in ("sa-sh", "sa-emd", "sa-mesh"):
+        m = cfg.model(name)
+        assert (m.init_scale, m.cost, m.n_iters) == (0.01, "l2sq", 4)
+        assert (m.ot.mesh_lr, m.ot.mesh_iters, m.ot.marginal_input) == (1.0, 2, "raw")
+    assert cfg.model("sa").cost == "dot"  # SA keeps its scaled dot product
+    by_sigma = config_from_args(parse(["--slot-init-scale", "sigma", "--sigma", "0.1", "--out", "o"])).config
+    assert by_sigma.model("sa").init_scale == 0.1
+    default = RandomObjectsConfig().model("sa-mesh")
+    assert (default.init_scale, default.cost, default.ot.mesh_lr, default.ot.marginal_input) == (1.0, "l2", 8.0,
+                                                                                                 "normalized")
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--slot-init-scale", "0"], "argument --slot-init-scale: must be a finite number > 0, got 0"),
+    (["--slot-init-scale", "sigmaa"], "argument --slot-init-scale: 'sigmaa' is not a number"),
+    (["--mesh-lr", "-1"], "argument --mesh-lr: must be a finite number >= 0, got -1"),
+    (["--cost", "l3"], "argument --cost: invalid choice"),
+    (["--marginal-input", "both"], "argument --marginal-input: invalid choice"),
+])
+def test_bad_search_options_exit_2(tmp_path, args, match, run_main):
+    code, _, stderr = run_main([*args, "--out", tmp_path / "run"])
+    assert code == 2 and match in stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_rejects_bad_search_options():
+    with pytest.raises(ValueError, match="slot_init_scale must be a finite number > 0 or 'sigma', got -1"):
+        RandomObjectsConfig(slot_init_scale=-1)
+    with pytest.raises(ValueError, match="cost must be None or one of"):
+        RandomObjectsConfig(cost="l3")
+    with pytest.raises(ValueError, match="OTConfig.marginal_input must be one of"):
+        RandomObjectsConfig(marginal_input="both")
+
+
+def test_init_scale_multiplies_the_drawn_slots():
+    from slots import SlotAttention, SlotAttentionConfig
+
+    x = torch.randn(3, 7, 8)
+    base = SlotAttentionConfig(n_slots=4, dim=8, input_dim=8, variant="sa", n_iters=1)
+    torch.manual_seed(0)
+    sa = SlotAttention(base)
+    scaled = SlotAttention(SlotAttentionConfig(**{**base.to_dict(), "init_scale": 0.01}))
+    scaled.load_state_dict(sa.state_dict())
+    torch.manual_seed(1)
+    drawn = sa.slots_mu + sa.slots_log_sigma.exp() * torch.randn(3, 4, 8)  # what _init_learned draws
+    expected, _ = sa(x, slots=0.01 * drawn.detach())
+    torch.manual_seed(1)
+    got, _ = scaled(x)
+    assert torch.allclose(got, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="init_scale must be a finite number > 0"):
+        SlotAttentionConfig(n_slots=4, dim=8, input_dim=8, init_scale=0.0)
+
+
+def test_raw_marginal_input_is_the_network_on_the_raw_inputs():
+    from tasks.random_objects.data import make_split
+
+    x, _ = make_split("test", 8, 0.01, 0)[torch.arange(8)]  # (8, 105, 32)
+    torch.manual_seed(0)
+    model = experiment.RandomObjectsModel(RandomObjectsConfig(marginal_input="raw").model("sa-sh"))
+    sa = model.slot_attention
+    with torch.no_grad():
+        sa.input_marginal[-1].weight.mul_(1e3)  # objects of scale 0.01: logits far from equal
+    expected = 5 * torch.softmax(sa.input_marginal(x).squeeze(2), 1)  # (8, 105), the modules one by one
+    a, _ = sa.marginals(x, torch.zeros(8, 5, 32))
+    assert torch.allclose(a, expected, atol=1e-6)
+    # the fused path of forward() computes the same marginal: compare the plans' row sums (rows sum to a)
+    _, plan = sa(x)
+    assert torch.allclose(plan.sum(2), expected, atol=1e-4)
+    zero = (x == 0).all(2)
+    normalized = experiment.RandomObjectsModel(RandomObjectsConfig().model("sa-sh"))
+    normalized.load_state_dict(model.state_dict())
+    a_norm, _ = normalized.slot_attention.marginals(x, torch.zeros(8, 5, 32))
+    assert not torch.allclose(a_norm, a, atol=1e-3)  # the option changes what the network sees
+    assert a[zero].view(8, 100).std(1).max() < 1e-6  # every zero input of an example gets the same mass in both
+    assert a_norm[zero].view(8, 100).std(1).max() < 1e-6
+
+
+def test_plan_entropy_of_uniform_and_one_hot_columns():
+    uniform = torch.full((2, 105, 5), 1 / 105)
+    assert torch.allclose(experiment.plan_entropy(uniform), torch.full((2,), math.log(105)))
+    one_hot = torch.zeros(2, 105, 5)
+    one_hot[:, :5, :] = torch.eye(5)
+    assert torch.allclose(experiment.plan_entropy(one_hot), torch.zeros(2), atol=1e-6)
