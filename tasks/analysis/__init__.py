@@ -8,8 +8,9 @@ numbers behind it into ``runs/analysis/<name>/`` (or ``--out``) and prints a sum
     similarity    App. B: MESH with and without the similarity regulariser on the paper's example
     fig5          Fig. 5 (App. I): the learned MESH objective's derivative after training on random objects
     variants      random objects (Table 1 set-up): SA-MESH with the appendix variants side by side
+    sigma_sweep   random objects at sigma 1 ... 0.003, four variants: RMSE and the marginal on the zeros
 """
-from . import equivariance, fig1, fig3, fig4, fig5, similarity, variants
+from . import equivariance, fig1, fig3, fig4, fig5, sigma_sweep, similarity, variants
 
 __all__ = ["ANALYSES"]
 
@@ -22,4 +23,5 @@ ANALYSES = {
     "similarity": similarity,
     "fig5": fig5,
     "variants": variants,
+    "sigma_sweep": sigma_sweep,
 }

@@ -155,7 +155,7 @@ def test_commands_write_png_and_csv(tmp_path, capsys, name, argv, files):
 
 
 def test_command_errors(tmp_path, capsys):
-    assert set(ANALYSES) == {"fig1", "fig3", "fig4", "fig5", "equivariance", "similarity", "variants"}
+    assert set(ANALYSES) == {"fig1", "fig3", "fig4", "fig5", "equivariance", "similarity", "variants", "sigma_sweep"}
     assert main(["fig3", "--instances", "1", "--out", str(tmp_path)]) == 2
     assert "--instances must be >= 2" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
@@ -163,3 +163,30 @@ def test_command_errors(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["fig2"])
+
+
+def test_sigma_sweep_trains_the_random_objects_task_at_each_sigma(tmp_path, capsys):
+    import json
+
+    from tasks.random_objects import RandomObjectsConfig
+
+    argv = ["sigma_sweep", "--out", str(tmp_path), "--sigmas", "1", "0.01", "--variant", "sa", "--variant", "sa-sh",
+            "--quick", "--steps", "2", "--jobs", "1", "--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    with open(tmp_path / "sigma_sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(float(r["sigma"]), r["variant"]) for r in rows] == [(1.0, "sa"), (1.0, "sa-sh"), (0.01, "sa"),
+                                                                 (0.01, "sa-sh")]
+    assert (tmp_path / "sigma_sweep.png").stat().st_size > 0
+    for r in rows:  # each row is the run's own final evaluation
+        results = json.loads((tmp_path / f"sigma_{float(r['sigma']):g}" / r["variant"] / "seed0" /
+                              "results.json").read_text())
+        assert float(r["rmse_norm"]) == pytest.approx(results["eval"]["rmse_norm"], rel=1e-12)
+        assert results["step"] == 2
+        # the task's own default set-up, not one of the analysis's
+        config = {k: v for k, v in results["task_config"].items() if k not in ("variant", "seed", "model", "n_test")}
+        default = {k: v for k, v in vars(RandomObjectsConfig(sigma=float(r["sigma"]))).items() if k != "n_test"}
+        assert config == json.loads(json.dumps(default))
+        assert (r["background_mass"] == "") == (r["variant"] == "sa")
+    assert "written to" in capsys.readouterr().out
+    assert main([*argv, "--resume"]) == 0  # finished runs are reused, not trained again
