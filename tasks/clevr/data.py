@@ -40,7 +40,8 @@ from ..scenes import render as _renderer
 from ..scenes.cache import cached
 from ..scenes.records import DataFormatError, SceneData, require_dir, require_file
 from ..scenes.render import (CLEVR_MIN_PIXELS, COLOR_NAMES, COLORS, MATERIALS, SHAPES, SIZES, Camera,
-                             directions, geometry_batch, project, render, run_blocks, sample_geometry)
+                             check_generation, concat_blocks, directions, geometry_batch, project, render,
+                             run_in_blocks, sample_geometry)
 
 __all__ = [
     "GENERATOR_VERSION", "IMAGE_SIZE", "MAX_OBJECTS", "TARGET_DIM", "DSPN_CLASSES", "COORD_SCALE", "SPLITS",
@@ -276,25 +277,11 @@ def generate_clevr(num_images: int, seed: int = 0, split: str = "train", image_s
         float32 (N, K, 18) and presence bool (N, K) (DSPN); scenes_json uint8 (L,) and scenes_offsets int64
         (N + 1,): the scenes in CLEVR's JSON schema (``decode_scenes`` turns them into dicts).
     """
-    if num_images < 0:
-        raise ValueError(f"num_images must be >= 0, got {num_images}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
-    stream = SPLITS[split][0]
-    jobs, sizes = [], []
-    for blk in range(-(-num_images // BLOCK)):
-        count = min(BLOCK, num_images - blk * BLOCK)
-        jobs.append((seed, stream, blk, count, split, image_size))
-        sizes.append(count)
-    parts = run_blocks(_clevr_block, jobs, workers=workers, progress=progress, desc=f"CLEVR {split}", sizes=sizes)
-    s = image_size
-    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 3, s, s), np.uint8)
-    masks = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, s, s), np.uint8)
-    scenes = [sc for p in parts for sc in p[2]]
+    check_generation(num_images, seed, image_size, split, SPLITS)
+    stream, s = SPLITS[split][0], image_size
+    parts = run_in_blocks(_clevr_block, num_images, BLOCK, lambda blk, n: (seed, stream, blk, n, split, s),
+                          workers, progress, f"CLEVR {split}")
+    images, masks, scenes = concat_blocks(parts, (0, 3, s, s), (0, s, s))
     targets, presence = scenes_to_targets(scenes, source="generated scenes")
     data, offsets = encode_scenes(scenes)
     return {"images": images, "masks": masks, "targets": targets, "presence": presence,

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from ..clevr.data import encode_scenes
-from ..scenes.render import (COLOR_NAMES, COLORS, MATERIALS, SHAPES, Camera, geometry_batch, index_map, project,
-                             render, run_blocks, sample_geometry)
+from ..scenes.render import (COLOR_NAMES, COLORS, MATERIALS, SHAPES, Camera, check_generation, concat_blocks,
+                             geometry_batch, index_map, project, render, run_in_blocks, sample_geometry)
 from .real import VARIANT_FRAMES
 
 __all__ = ["GENERATOR_VERSION", "MAX_OBJECTS", "IMAGE_SIZE", "OBJECT_SIZE", "NUM_FRAMES", "FPS", "ENTER_RATE", "SPLITS",
@@ -218,24 +218,16 @@ def _clevrer_block(seed: int, stream: int, block: int, count: int, variant: str,
     return imgs, masks, metas
 
 
-def _jobs(num_videos: int, seed: int, split: str, variant: str, image_size: int, images: bool):
-    if num_videos < 0:
-        raise ValueError(f"num_videos must be >= 0, got {num_videos}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+def _blocks(num_videos: int, seed: int, split: str, variant: str, image_size: int, images: bool, workers: int,
+            progress: bool, desc: str) -> list:
+    """Simulate (and with ``images`` shade) the videos in blocks; the blocks' (images, masks, metas)."""
+    check_generation(num_videos, seed, image_size, split, SPLITS, count_name="num_videos")
     if variant not in VARIANT_FRAMES:
         raise ValueError(f"variant must be one of {sorted(VARIANT_FRAMES)}, got {variant!r}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
-    jobs, sizes = [], []
-    for blk in range(-(-num_videos // BLOCK)):
-        count = min(BLOCK, num_videos - blk * BLOCK)
-        # Both variants share the stream, so S and L of one seed are two views of the same videos.
-        jobs.append((seed, SPLITS[split][0], blk, count, variant, image_size, images))
-        sizes.append(count)
-    return jobs, sizes
+    stream = SPLITS[split][0]
+    # Both variants share the stream, so S and L of one seed are two views of the same videos.
+    return run_in_blocks(_clevrer_block, num_videos, BLOCK,
+                         lambda blk, n: (seed, stream, blk, n, variant, image_size, images), workers, progress, desc)
 
 
 def generate_clevrer(num_videos: int, variant: str = "S", seed: int = 0, split: str = "train",
@@ -250,13 +242,9 @@ def generate_clevrer(num_videos: int, variant: str = "S", seed: int = 0, split: 
         location; objects with their attributes, entry frames and floor positions at the two frames);
         ``tasks.clevr.decode_scenes`` turns them into dicts.
     """
-    jobs, sizes = _jobs(num_videos, seed, split, variant, image_size, True)
-    parts = run_blocks(_clevrer_block, jobs, workers=workers, progress=progress,
-                       desc=f"CLEVRER-{variant} {split}", sizes=sizes)
+    parts = _blocks(num_videos, seed, split, variant, image_size, True, workers, progress, f"CLEVRER-{variant} {split}")
     s = image_size
-    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2, 3, s, s), np.uint8)
-    masks = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 2, s, s), np.uint8)
-    metas = [m for p in parts for m in p[2]]
+    images, masks, metas = concat_blocks(parts, (0, 2, 3, s, s), (0, 2, s, s))
     data, offsets = encode_scenes(metas)
     return {"images": images, "masks": masks, "num_objects": np.array([len(m["objects"]) for m in metas], np.int64),
             "meta_json": data, "meta_offsets": offsets}
@@ -276,7 +264,6 @@ def count_growth_rate(variant: str, num_videos: int, seed: int = 0, split: str =
                       image_size: int = IMAGE_SIZE, workers: int = 1, progress: bool = False) -> float:
     """Fraction of generated pairs whose visible-object count grows by >= 2 from the first to the second
     frame. Uses the generator's masks without shading them (the same masks ``generate_clevrer`` returns)."""
-    jobs, sizes = _jobs(num_videos, seed, split, variant, image_size, False)
-    parts = run_blocks(_clevrer_block, jobs, workers=workers, progress=progress, desc="CLEVRER masks", sizes=sizes)
+    parts = _blocks(num_videos, seed, split, variant, image_size, False, workers, progress, "CLEVRER masks")
     counts = visible_counts(np.concatenate([p[1] for p in parts]))
     return float(np.mean(counts[:, 1] - counts[:, 0] >= 2))

@@ -36,8 +36,8 @@ from ..clevr.data import encode_scenes
 from ..scenes import render as _renderer
 from ..scenes.cache import cached
 from ..scenes.records import DataFormatError, MissingDataError, SceneData, require_dir, require_file
-from ..scenes.render import (SHAPES, TEXTURES, Camera, geometry_batch, project, render, run_blocks,
-                             sample_geometry)
+from ..scenes.render import (SHAPES, TEXTURES, Camera, check_generation, concat_blocks, geometry_batch, project,
+                             render, run_in_blocks, sample_geometry)
 
 __all__ = [
     "GENERATOR_VERSION", "IMAGE_SIZE", "MAX_OBJECTS", "SIZES", "TEX_MATERIALS", "SPLITS", "CROP_FRACTION",
@@ -137,26 +137,11 @@ def generate_clevrtex(num_images: int, seed: int = 0, split: str = "train", imag
     meta_json uint8 (L,) and meta_offsets int64 (N + 1,): per-image metadata in ClevrTex's JSON layout
     (``tasks.clevr.decode_scenes`` turns them into dicts).
     """
-    if num_images < 0:
-        raise ValueError(f"num_images must be >= 0, got {num_images}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
-    stream = SPLITS[split][0]
-    jobs, sizes = [], []
-    for blk in range(-(-num_images // BLOCK)):
-        count = min(BLOCK, num_images - blk * BLOCK)
-        jobs.append((seed, stream, blk, count, image_size))
-        sizes.append(count)
-    parts = run_blocks(_clevrtex_block, jobs, workers=workers, progress=progress, desc=f"ClevrTex {split}",
-                       sizes=sizes)
-    s = image_size
-    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 3, s, s), np.uint8)
-    masks = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, s, s), np.uint8)
-    metas = [m for p in parts for m in p[2]]
+    check_generation(num_images, seed, image_size, split, SPLITS)
+    stream, s = SPLITS[split][0], image_size
+    parts = run_in_blocks(_clevrtex_block, num_images, BLOCK, lambda blk, n: (seed, stream, blk, n, s), workers,
+                          progress, f"ClevrTex {split}")
+    images, masks, metas = concat_blocks(parts, (0, 3, s, s), (0, s, s))
     data, offsets = encode_scenes(metas)
     return {"images": images, "masks": masks, "num_objects": np.array([m["num_objects"] for m in metas], np.int64),
             "meta_json": data, "meta_offsets": offsets}

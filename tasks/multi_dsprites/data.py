@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from ..scenes.cache import cached
 from ..scenes.records import DataFormatError, MissingDataError, SceneData, require_dir, require_file
+from ..scenes.render import check_generation
 from ..scenes.tfrecord import read_examples
 
 __all__ = [
@@ -128,20 +129,15 @@ def generate_multi_dsprites(num_images: int, seed: int = 0, min_objects: int = 2
         scale, orientation float32 (N, K) (dSprites latents) and x, y float32 (N, K) (sprite centre as a
         fraction of the image side, y downwards), NaN where absent; colors uint8 (N, K+1, 3) (row 0 the background).
     """
-    if num_images < 0:
-        raise ValueError(f"num_images must be >= 0, got {num_images}")
+    check_generation(num_images, seed, image_size)
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
     if max_objects > 254:
         raise ValueError(f"max_objects must fit a uint8 mask, got {max_objects}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
     n, k = num_images, max_objects
     # Latents are drawn in fixed blocks of _LATENT_BLOCK images, each from its own stream (seed, block), so
     # the first m images of a larger set equal a set of m images, whatever the chunk size.

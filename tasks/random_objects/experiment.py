@@ -12,7 +12,7 @@ the zero inputs, to ``metrics.jsonl``.
 
 The default set-up is the paper's text (App. F.1: slot attention applied directly, the slots compared with the
 objects, ``head="none"``) with the official code's optimizer settings (``BUDGETS["paper"]``). RESULTS.md
-(issue 9) shows why: it brings SA close to the paper's figures at sigma = 1 and 0.01, with the paper's sigma
+shows why: it brings SA close to the paper's figures at sigma = 1 and 0.01, with the paper's sigma
 dependence, where a zero-initialised linear read-out (``--head linear`` with the runner's default schedule)
 makes the task nearly sigma-invariant and puts SA-EMD and SA-MESH on the floor.
 

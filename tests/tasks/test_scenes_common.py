@@ -304,3 +304,39 @@ def test_save_grid_layout(tmp_path):
     assert np.array_equal(png[16:16 + ph, 16 + 2 * pw + 2 + 6:16 + 3 * pw + 2 + 6], frame2)
     with pytest.raises(ValueError, match="does not match"):
         save_grid(d.images, d.masks[:, :4], tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"count": -1}, "must be >= 0, got -1"),
+    ({"seed": -2}, "seed must be >= 0, got -2"),
+    ({"image_size": 4}, "image_size must be >= 8, got 4"),
+    ({"split": "valid"}, "split must be one of"),
+])
+def test_every_generator_checks_its_arguments_alike(kwargs, match):
+    from tasks.clevr.data import generate_clevr
+    from tasks.clevrer.generate import generate_clevrer
+    from tasks.clevrtex.data import generate_clevrtex
+    from tasks.multi_dsprites.data import generate_multi_dsprites
+
+    generators = [(generate_clevr, "num_images"), (generate_clevrtex, "num_images"),
+                  (generate_clevrer, "num_videos"), (generate_multi_dsprites, "num_images")]
+    for generate, count_name in generators:
+        if "split" in kwargs and generate is generate_multi_dsprites:
+            continue  # one stream per seed, no splits
+        args = {count_name: kwargs.get("count", 1), "seed": kwargs.get("seed", 0),
+                "image_size": kwargs.get("image_size", 16), "progress": False}
+        if "split" in kwargs:
+            args["split"] = kwargs["split"]
+        with pytest.raises(ValueError, match=match):
+            generate(**args)
+
+
+def test_generators_give_empty_arrays_of_the_right_shape_for_zero_items():
+    from tasks.clevr.data import generate_clevr
+    from tasks.clevrer.generate import generate_clevrer
+    from tasks.clevrtex.data import generate_clevrtex
+
+    assert generate_clevr(0, image_size=16, progress=False)["images"].shape == (0, 3, 16, 16)
+    assert generate_clevrtex(0, image_size=16, progress=False)["masks"].shape == (0, 16, 16)
+    out = generate_clevrer(0, image_size=16, progress=False)
+    assert out["images"].shape == (0, 2, 3, 16, 16) and out["masks"].shape == (0, 2, 16, 16)
