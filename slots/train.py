@@ -12,9 +12,11 @@ of :func:`get_lr` (linear warm-up, then exponential decay) and gradient-norm cli
 the data order a function of (seed, step) (:func:`batch_indices`); training and evaluation records appended
 to ``metrics.jsonl``, ``results.json`` at the end; evaluation under a forked, fixed-seed RNG, so it does not
 disturb the trajectory; checkpoints every ``ckpt_every`` steps, at the end and on SIGINT / SIGTERM (then
-:class:`TrainingInterrupted`), written atomically (``slots.checkpoint``); ``resume=True`` continues from the
-checkpoint and gives bit-identical parameters to an uninterrupted run; DistributedDataParallel under
-``torchrun`` (``slots.runtime``).
+:class:`TrainingInterrupted`), written atomically with a SHA-256 digest, the one before kept as
+``ckpt.prev.pt`` (``slots.checkpoint``); ``resume=True`` continues from the checkpoint and gives bit-identical
+parameters to an uninterrupted run; the run folder is locked for the whole run (a second process on it is
+refused); a write that fails (disk full) stops training with :class:`RunFolderWriteError`, the last checkpoint
+intact; DistributedDataParallel under ``torchrun`` (``slots.runtime``).
 
 Interfaces the task provides:
     train_data: ``len(train_data)`` examples; ``train_data[idx]`` with ``idx`` a (b,) int64 tensor returns
@@ -28,6 +30,7 @@ build, world size and torch thread count (floating-point sums depend on them); w
 resumed run continues with freshly seeded per-process RNGs and a warning. Under DDP a stop request is
 honoured at the next multiple of ``log_every`` steps. Evaluation under DDP is not sharded.
 """
+import contextlib
 import json
 import math
 import os
@@ -44,9 +47,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import (CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, FORMAT, CheckpointError, atomic_write,
-                         capture_rng, check_resumable, jsonable, load_checkpoint, read_records, restore_rng,
-                         write_json)
+from .checkpoint import (CHECKPOINT_NAME, METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, FORMAT, CheckpointError,
+                         CheckpointWarning, LockHeld, RunFolderWriteError, atomic_write, capture_rng, check_resumable,
+                         jsonable, keep_copy, load_checkpoint, lock_folder, read_records, restore_rng,
+                         save_checkpoint, set_aside, write_json)
 from .runtime import (StopFlag, dist_info, init_distributed, is_main_process, pick_device, retain_freed_memory,
                       to_device, unwrap)
 
@@ -63,8 +67,12 @@ __all__ = [
     "is_main_process",
     "unwrap",
     "CheckpointError",
+    "CheckpointWarning",
+    "LockHeld",
+    "RunFolderWriteError",
     "TrainingInterrupted",
     "CHECKPOINT_NAME",
+    "PREVIOUS_NAME",
     "METRICS_NAME",
     "RESULTS_NAME",
 ]
@@ -89,7 +97,8 @@ class TrainConfig:
     """Options of :func:`train`.
 
     Attributes:
-        out_dir: run folder (created): ``ckpt.pt``, ``metrics.jsonl``, ``results.json``.
+        out_dir: run folder (created): ``ckpt.pt``, ``ckpt.prev.pt`` (the checkpoint before), ``metrics.jsonl``,
+            ``results.json``, and ``.lock`` while a process trains in it.
         steps: total optimizer steps (a resumed run trains up to this step).
         batch_size: global batch size (all processes together); divisible by the world size.
         lr: peak learning rate.
@@ -104,14 +113,17 @@ class TrainConfig:
         eval_every: steps between evaluations (0: only at the end).
         ckpt_every: steps between checkpoints (0: only at the end and on interruption).
         resume: continue from ``out_dir/ckpt.pt`` if it exists (else start fresh). Without it, a run folder
-            that already holds a checkpoint or results is an error, so nothing is overwritten.
+            that already holds a checkpoint or results is an error, so nothing is overwritten. A ``ckpt.pt``
+            that fails its check is an error that names it and says whether ``ckpt.prev.pt`` can be used.
+        resume_previous: with ``resume``, continue from ``ckpt.prev.pt`` when ``ckpt.pt`` fails its check (the
+            damaged file is renamed ``ckpt.damaged.pt``, nothing is deleted).
         device: "auto" (CUDA when present, one device per local rank), "cpu", "cuda" or "cuda:<i>".
         num_threads: torch intra-op threads (None: torch's default, or cores / local processes under DDP
             on CPU).
         progress: show the progress bar (rank 0 only).
 
-    ``out_dir``, ``steps``, ``log_every``, ``eval_every``, ``ckpt_every``, ``resume``, ``device``,
-    ``num_threads`` and ``progress`` may change between a run and its resumption; the other fields define
+    ``out_dir``, ``steps``, ``log_every``, ``eval_every``, ``ckpt_every``, ``resume``, ``resume_previous``,
+    ``device``, ``num_threads`` and ``progress`` may change between a run and its resumption; the other fields define
     the training trajectory and must match the checkpoint's.
     """
 
@@ -130,13 +142,15 @@ class TrainConfig:
     eval_every: int = 1000
     ckpt_every: int = 1000
     resume: bool = False
+    resume_previous: bool = False
     device: str = "auto"
     num_threads: int | None = None
     progress: bool = True
 
     # Fields that may differ between a run and its resumption (they do not change the trajectory).
     RUNTIME_FIELDS: ClassVar[frozenset] = frozenset({"out_dir", "steps", "log_every", "eval_every", "ckpt_every",
-                                                     "resume", "device", "num_threads", "progress"})
+                                                     "resume", "resume_previous", "device", "num_threads",
+                                                     "progress"})
 
     def trajectory(self) -> dict:
         """The fields that define the training trajectory, JSON-normalized."""
@@ -166,9 +180,11 @@ class TrainConfig:
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.startswith("cuda:")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}")
-        for name in ("resume", "progress"):
+        for name in ("resume", "resume_previous", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.resume_previous and not self.resume:
+            raise ValueError("resume_previous needs resume=True")
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -276,8 +292,10 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
         checkpoints excluded), "wall_s" (training time summed over resumptions), "world_size", "device".
 
     Raises:
-        ValueError / CheckpointError for bad arguments or an unusable run folder (nothing written);
-        TrainingInterrupted after SIGINT/SIGTERM (checkpoint saved).
+        ValueError / CheckpointError for bad arguments or an unusable run folder, LockHeld if another process
+        trains in the run folder (nothing written); TrainingInterrupted after SIGINT/SIGTERM (checkpoint
+        saved); RunFolderWriteError if a checkpoint, the metrics or the results cannot be written (the last
+        checkpoint is intact).
     """
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -298,7 +316,19 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
     batch_indices(cfg.seed, 0, n_examples, cfg.batch_size)  # raises if the data set is smaller than a batch
     device = pick_device(cfg.device, local_rank)
-    ckpt = check_resumable(cfg, task, task_config)  # every process reads it; nothing is written yet
+    # rank 0, the process that writes the run folder, holds its lock from before the folder is read until
+    # the results are written
+    with lock_folder(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
+        return _train_locked(cfg, model, train_data, loss_fn, eval_fn, task, task_config, label, device)
+
+
+def _train_locked(cfg: TrainConfig, model: nn.Module, train_data, loss_fn, eval_fn, task: str, task_config: dict,
+                  label: str, device: torch.device) -> dict:
+    """The body of :func:`train` once its arguments are checked and (on rank 0) the run folder is locked."""
+    n_examples = len(train_data)
+    rank, world, _ = dist_info()
+    found = check_resumable(cfg, task, task_config)  # every process reads it; nothing is written yet
+    ckpt, ckpt_from = found if found is not None else (None, None)
     if world > 1:
         init_distributed(device)
     if cfg.num_threads is not None:
@@ -314,6 +344,19 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
     out = Path(cfg.out_dir)
     ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
     main = rank == 0
+    saved = None  # step of the newest checkpoint on disk that passes its check
+
+    @contextlib.contextmanager
+    def writing(path: Path):
+        """Turn a failed write of ``path`` into a RunFolderWriteError that says what is left on disk."""
+        try:
+            yield
+        except RunFolderWriteError:
+            raise
+        except OSError as e:
+            left = (f"the last checkpoint, {ckpt_path} (step {saved}), is intact: fix the cause and rerun with "
+                    "--resume" if saved is not None else "no checkpoint had been written")
+            raise RunFolderWriteError(f"cannot write {path} at step {step}: {e}; training stopped, {left}") from e
     model.to(device)
     optimizer = _make_optimizer(model, cfg)
 
@@ -325,6 +368,7 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {ckpt_path} does not fit this model: {e}") from None
         step, elapsed = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+        saved = step
         if ckpt["world_size"] == world:
             restore_rng(ckpt["rng"][rank], device)
         else:
@@ -336,11 +380,21 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        if ckpt is not None:  # drop records of steps after the checkpoint (a killed run's tail)
-            kept = [r for r in read_records(metrics_path) if r.get("step", 0) <= step]
-            atomic_write(metrics_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept), mode="w")
-        elif metrics_path.exists():
-            metrics_path.unlink()
+        if ckpt_from is not None and ckpt_from.name == PREVIOUS_NAME:
+            # ckpt.pt failed its check: it is set aside, and the checkpoint resumed from becomes the newest, so
+            # that the next checkpoint does not keep the damaged file as the previous one
+            with writing(ckpt_path):
+                damaged = set_aside(ckpt_path)
+                keep_copy(ckpt_from, ckpt_path)
+            note = f"; the damaged file is kept as {damaged}" if damaged is not None else ""
+            warnings.warn(f"{ckpt_path} fails its check or is missing: resuming from {ckpt_from} (step {step}){note}",
+                          CheckpointWarning, stacklevel=3)
+        with writing(metrics_path):
+            if ckpt is not None:  # drop records of steps after the checkpoint (a killed run's tail)
+                kept = [r for r in read_records(metrics_path) if r.get("step", 0) <= step]
+                atomic_write(metrics_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept), mode="w")
+            elif metrics_path.exists():
+                metrics_path.unlink()
     net = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -351,6 +405,7 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
     t_start = time.perf_counter()  # this process's share of wall_s (added to a resumed run's elapsed_s)
 
     def save(at_step: int) -> None:
+        nonlocal saved
         rng = capture_rng(device)
         rngs = [None] * world
         if world > 1:
@@ -364,7 +419,9 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
                 "optimizer": optimizer.state_dict(), "rng": rngs, "world_size": world,
                 "elapsed_s": elapsed + (time.perf_counter() - t_start),
             }
-            atomic_write(ckpt_path, lambda f: torch.save(state, f))
+            with writing(ckpt_path):
+                save_checkpoint(ckpt_path, state, previous=out / PREVIOUS_NAME)
+        saved = at_step
 
     def evaluate() -> dict:
         metrics = {}
@@ -386,7 +443,7 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
 
     def log(record: dict) -> None:
         if main:
-            with open(metrics_path, "a") as f:
+            with writing(metrics_path), open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     stop = StopFlag()
@@ -462,5 +519,6 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
         "wall_s": elapsed + time.perf_counter() - t_start, "world_size": world, "device": str(device),
     }
     if main:
-        write_json(out / RESULTS_NAME, results)
+        with writing(out / RESULTS_NAME):
+            write_json(out / RESULTS_NAME, results)
     return results

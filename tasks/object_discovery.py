@@ -549,8 +549,6 @@ def show_command(argv, name: str, load_samples: Callable[[Any], SceneData],
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.num < 1:
-        raise SystemExit("--num must be >= 1")
     if args.run is not None:
         task, ds = spec()
         try:

@@ -25,12 +25,17 @@ training (data caches built, data files checked). The summary goes to ``<out>/``
 Runs are independent, so ``--jobs`` trains several at once, each in its own spawned process (one per core
 by default on CPU); every run is seeded and built the same way in a worker as in this process, so results do
 not depend on ``--jobs`` (given the same threads per run). ``--resume`` continues interrupted runs from their
-checkpoints and reuses finished ones. Every run folder is checked before anything is trained or written.
+checkpoints and reuses finished ones; ``--resume-previous`` also continues a run whose newest checkpoint fails
+its check from the previous one. Every run folder is checked before anything is trained or written. The
+summary folder is locked while the runner works in it, and each run folder while its run trains
+(``slots.checkpoint.lock_folder``): a second runner on the same ``--out`` exits with status 2 before it
+writes anything.
 
 Known limits: under ``torchrun`` runs are trained one after the other (each one data-parallel); parallel
 jobs and torchrun do not mix.
 """
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -43,8 +48,9 @@ import torch
 from torch import nn
 
 import kernels
-from slots.train import (METRICS_NAME, RESULTS_NAME, CheckpointError, TrainConfig, TrainingInterrupted,
-                         check_resumable, dist_info, is_main_process, seed_everything, train)
+from slots.checkpoint import lock_folder
+from slots.train import (METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, CheckpointError, RunFolderWriteError, TrainConfig,
+                         TrainingInterrupted, check_resumable, dist_info, is_main_process, seed_everything, train)
 
 from .pool import cores, run_jobs
 
@@ -176,8 +182,10 @@ class Experiment:
         config: an instance of ``task.config``. budget: the training schedule (overrides already applied
             to ``config``). variants: in table order. seeds: seeds 0 .. seeds - 1. out: the summary folder.
         resume: continue interrupted runs and reuse finished ones.
-        jobs: runs trained at once in separate processes; 0 is one per core on CPU (at most the number of
-            runs), one on CUDA or under torchrun.
+        resume_previous: with ``resume``, continue a run whose newest checkpoint fails its check from the
+            previous checkpoint (``TrainConfig.resume_previous``).
+        jobs: runs trained at once in separate processes, >= 1; None is one per core on CPU (at most the
+            number of runs), one on CUDA or under torchrun.
         num_threads: torch threads per run (None: torch's default; with jobs > 1, cores / jobs).
         progress: progress bars (never in worker processes).
     """
@@ -188,9 +196,15 @@ class Experiment:
     out: str
     seeds: int = 1
     resume: bool = False
-    jobs: int = 0
+    resume_previous: bool = False
+    jobs: int | None = None
     num_threads: int | None = None
     progress: bool = True
+
+    def __post_init__(self):
+        jobs = self.jobs
+        if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+            raise ValueError(f"jobs must be an integer >= 1 or None (one per core), got {self.jobs!r}")
 
     def train_config(self, task: Task, variant: str, seed: int, num_threads: int | None = None,
                      progress: bool | None = None) -> TrainConfig:
@@ -202,7 +216,7 @@ class Experiment:
             warmup_steps=min(1_000, b.steps // 20) if b.warmup_steps is None else b.warmup_steps,
             decay_rate=b.decay_rate, decay_steps=max(1, b.steps // 4) if b.decay_steps is None else b.decay_steps,
             grad_clip=b.grad_clip, seed=seed, log_every=min(50, b.steps), eval_every=b.eval_every,
-            ckpt_every=b.ckpt_every, resume=self.resume,
+            ckpt_every=b.ckpt_every, resume=self.resume, resume_previous=self.resume_previous,
             num_threads=self.num_threads if num_threads is None else num_threads,
             progress=self.progress if progress is None else progress)
 
@@ -280,7 +294,7 @@ def _finished(task: Task, exp: Experiment, variant: str, seed: int) -> dict | No
 
 
 def _resolve_jobs(exp: Experiment, n_pending: int) -> int:
-    if exp.jobs != 0:
+    if exp.jobs is not None:
         return min(exp.jobs, max(1, n_pending))
     if torch.cuda.is_available() or dist_info()[1] > 1:
         return 1
@@ -315,8 +329,9 @@ def run(task: Task, exp: Experiment) -> dict:
 
     Raises:
         ValueError / CheckpointError before anything is trained or written if a run folder cannot be used
-        (a file in the way, an existing run without ``resume``, an unreadable or foreign checkpoint or result)
-        or the task's ``prepare`` or ``load_test`` finds bad input.
+        (a file in the way, an existing run without ``resume``, an unreadable or foreign checkpoint or result,
+        another process working in ``exp.out``: ``LockHeld``) or the task's ``prepare`` or ``load_test`` finds
+        bad input; RunFolderWriteError if a run cannot write its files (its last checkpoint is intact).
     """
     _check_out(exp.out)
     unknown = [v for v in exp.variants if v not in task.variants]
@@ -324,13 +339,23 @@ def run(task: Task, exp: Experiment) -> dict:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(task.variants)}")
     if task.validate is not None:
         task.validate(exp.config, exp.budget)
+    # one runner per summary folder (under torchrun, the main process holds the lock for all)
+    with lock_folder(exp.out) if is_main_process() else contextlib.nullcontext():
+        return _run_locked(task, exp)
+
+
+def _run_locked(task: Task, exp: Experiment) -> dict:
+    """The body of :func:`run` once the experiment is validated and its summary folder locked."""
     runs = [(v, s) for v in exp.variants for s in range(exp.seeds)]
     reuse = {}
     for v, s in runs:  # every run folder is checked before anything is trained
         # also for finished runs: their checkpoint holds the training configuration, which results.json's
         # task_config does not cover
-        check_resumable(exp.train_config(task, v, s), task.name, task_config(task, exp, v, s))
-        reuse[v, s] = _finished(task, exp, v, s)
+        found = check_resumable(exp.train_config(task, v, s), task.name, task_config(task, exp, v, s))
+        # a run whose newest checkpoint failed its check trains again from the previous one (to the same final
+        # parameters), even if it had finished, so that its final checkpoint is whole again
+        from_previous = found is not None and found[1].name == PREVIOUS_NAME
+        reuse[v, s] = None if from_previous else _finished(task, exp, v, s)
     if task.prepare is not None and any(r is None for r in reuse.values()):
         task.prepare(exp.config, exp.progress)
 
@@ -591,12 +616,15 @@ def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int_at_least(0), help="steps between checkpoints (default: the budget's)")
     p.add_argument("--out", help=f"run folder (default runs/{task.name}/...)")
     p.add_argument("--resume", action="store_true", help="continue runs from their checkpoints and reuse finished runs")
+    p.add_argument("--resume-previous", action="store_true",
+                   help="as --resume, and a run whose newest checkpoint (ckpt.pt) fails its check continues from "
+                        "the previous one (ckpt.prev.pt); the damaged file is kept as ckpt.damaged.pt")
     if any(f.name == "backend" for f in fields(task.config)):
         p.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="OT kernels: auto = the fused C++ loops on CPU, Triton on CUDA")
-    p.add_argument("--jobs", type=int_at_least(0), default=0,
-                   help="runs trained at the same time in separate processes; 0: one per core on CPU "
-                        "(at most the number of runs), one on CUDA or under torchrun")
+    p.add_argument("--jobs", type=int_at_least(1),
+                   help="runs trained at the same time in separate processes (default: one per core on CPU, at "
+                        "most the number of runs; one on CUDA or under torchrun)")
     p.add_argument("--threads", type=int_at_least(1),
                    help="torch threads per run (default: torch's choice; with several jobs, cores / jobs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -622,14 +650,17 @@ def experiment_from_args(task: Task, args: argparse.Namespace, default_out: Call
     budget = replace(budget, **schedule)
     out = args.out or (default_out(cfg) if default_out else f"runs/{task.name}/{args.budget}")
     return Experiment(config=cfg, budget=budget, variants=tuple(args.variants or task.default_variants), out=out,
-                      seeds=args.seeds, resume=args.resume, jobs=args.jobs, num_threads=args.threads,
+                      seeds=args.seeds, resume=args.resume or args.resume_previous,
+                      resume_previous=args.resume_previous, jobs=args.jobs, num_threads=args.threads,
                       progress=not args.no_progress)
 
 
 def main(task: Task, argv=None, description: str = "", default_out=None,
          experiment: Callable[[argparse.Namespace], Experiment] | None = None) -> int:
     """Run ``task`` from the command line. Exit status: 0 on success, 2 for bad arguments or an unusable run
-    folder (nothing is written then), 130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues).
+    folder (a damaged checkpoint, a folder another process works in; nothing is written then), 1 when a run
+    cannot write its files (disk full, permissions; its last checkpoint is intact, ``--resume`` continues),
+    130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues).
 
     ``experiment(args)`` builds the :class:`Experiment` when the task needs more than
     :func:`experiment_from_args` (e.g. an option that sets the number of steps)."""
@@ -645,9 +676,12 @@ def main(task: Task, argv=None, description: str = "", default_out=None,
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except ValueError as e:  # includes slots.train.CheckpointError
+    except ValueError as e:  # includes slots.train.CheckpointError and LockHeld
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunFolderWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if is_main_process():
         print()
         print(format_table(task, summary))

@@ -26,6 +26,7 @@ import math
 import torch
 
 import kernels
+from tasks.runner import int_at_least
 
 from .common import fmt, output_dir, plan_entropy, pyplot, save_figure, write_csv
 
@@ -135,7 +136,7 @@ def plot(rows: list[dict], path) -> None:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--draws", type=int, default=32, help="MESH noise draws per scale (averaged)")
+    p.add_argument("--draws", type=int_at_least(1), default=32, help="MESH noise draws per scale (averaged)")
     p.add_argument("--seed", type=int, default=0, help="seed of the MESH noise")
 
 

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import sys
 
+from ..runner import int_at_least
 from ..scenes.show import save_grid, show_parser
 from .data import load_clevr
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = show_parser("clevr")
-    parser.add_argument("--workers", type=int, default=1, help="generator processes (default: 1)")
+    parser.add_argument("--workers", type=int_at_least(1), default=1, help="generator processes (default: 1)")
     args = parser.parse_args(argv)
-    if args.num < 1:
-        raise SystemExit("--num must be >= 1")
     data = load_clevr(args.split, num_images=args.num, seed=args.seed, data_dir=args.data_dir,
                       cache_dir=args.cache_dir, workers=args.workers)
     out = save_grid(data.images[:args.num], data.masks[:args.num], args.out, ncols=args.ncols)

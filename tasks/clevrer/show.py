@@ -14,6 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from ..runner import int_at_least
 from ..scenes.show import save_grid, show_parser
 from .data import load_clevrer
 
@@ -42,13 +43,11 @@ def _redraw(run: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = show_parser("clevrer")
     parser.add_argument("--variant", default="S", choices=("S", "L"), help="CLEVRER-S or CLEVRER-L (default: S)")
-    parser.add_argument("--workers", type=int, default=1, help="generator processes (default: 1)")
+    parser.add_argument("--workers", type=int_at_least(1), default=1, help="generator processes (default: 1)")
     parser.add_argument("--run", type=Path, help="a trained run folder: redraw its pictures.png (the data "
                                                  "options are the run's own; the others are ignored)")
     parser.set_defaults(ncols=2)
     args = parser.parse_args(argv)
-    if args.num < 1:
-        raise SystemExit("--num must be >= 1")
     if args.run is not None:
         try:
             out = _redraw(args.run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from ..object_discovery import show_command
+from ..runner import int_at_least
 from .data import load_clevrtex
 
 
@@ -26,7 +27,7 @@ def _spec():
 
 def _arguments(parser) -> None:
     parser.add_argument("--variant", default="full", help="real-data variant (default: full)")
-    parser.add_argument("--workers", type=int, default=1, help="generator processes (default: 1)")
+    parser.add_argument("--workers", type=int_at_least(1), default=1, help="generator processes (default: 1)")
 
 
 def main(argv: list[str] | None = None) -> int:

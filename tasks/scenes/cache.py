@@ -11,10 +11,13 @@ or corrupt), is rebuilt with a warning and never silently used.
 Both files are written to a temporary name in the cache folder and moved into place with ``os.replace``,
 so a crash or a concurrent reader never sees a half-written file. The ``.npz`` is moved first and the
 sidecar second: an interrupted write leaves a sidecar whose checksum does not match, which is detected.
+A build holds an exclusive lock on ``<stem>.lock`` in the cache folder (``slots.checkpoint.exclusive_lock``):
+a second process that wants the same entry meanwhile waits for it, then reads the entry the first one wrote,
+so two processes never build one entry at once and the ``.npz`` and its sidecar always come from one build.
 
 Known limits: params must be JSON-serialisable (str/int/float/bool/None, lists/tuples and dicts of them);
-arrays must not be object arrays (the cache loads with ``allow_pickle=False``). Two processes building the
-same entry at once both build it; the last ``os.replace`` wins and both results are identical.
+arrays must not be object arrays (the cache loads with ``allow_pickle=False``). Reading a valid entry takes no
+lock (a read-only cache folder works); building one needs a writable cache folder.
 """
 from __future__ import annotations
 
@@ -23,13 +26,14 @@ import json
 import math
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from slots.checkpoint import atomic_write
+from slots.checkpoint import atomic_write, exclusive_lock
 
 __all__ = ["cached", "default_cache_dir", "cache_paths", "CacheWarning"]
 
@@ -158,10 +162,41 @@ def cached(name: str, params: dict, version: str, build: Callable[[], dict[str, 
     """
     npz_path, side_path = cache_paths(name, params, version, cache_dir)
     canon = _canonical(params, "params")
+    seen = _state(npz_path, side_path)
     arrays = _try_load(npz_path, side_path, name, version, canon)
     if arrays is not None:
         return arrays
 
+    npz_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def waiting(pid: int | None) -> None:
+        who = f"process {pid}" if pid is not None else "another process"
+        print(f"waiting for {who}, which is building the cache entry {npz_path}", file=sys.stderr, flush=True)
+
+    with exclusive_lock(npz_path.with_suffix(".lock"), f"cache entry {npz_path}", wait=True, on_wait=waiting):
+        if _state(npz_path, side_path) != seen:  # another process wrote the entry while this one waited
+            arrays = _try_load(npz_path, side_path, name, version, canon)
+            if arrays is not None:
+                return arrays
+        return _build_and_store(npz_path, side_path, name, version, canon, build)
+
+
+def _state(*paths: Path) -> tuple:
+    """(inode, size, mtime) of each path (None where missing): whether the files changed since."""
+    states = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            states.append(None)
+        else:
+            states.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(states)
+
+
+def _build_and_store(npz_path: Path, side_path: Path, name: str, version: str, canon: Any,
+                     build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``build()``, checked and written to the entry's two files (under the entry's lock)."""
     result = build()
     if not isinstance(result, dict) or not result:
         raise ValueError(f"cache build for {name!r} must return a non-empty dict of numpy arrays, "
@@ -175,7 +210,6 @@ def cached(name: str, params: dict, version: str, build: Callable[[], dict[str, 
         if v.dtype.hasobject:
             raise ValueError(f"cache build for {name!r}: array {k!r} has object dtype, which cannot be cached")
 
-    npz_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(npz_path, lambda f: np.savez_compressed(f, **result))
     sidecar = {
         "name": name,

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runner import int_at_least
+
 __all__ = ["PALETTE", "colorize_masks", "overlay_masks", "save_grid", "show_parser"]
 
 # 20 well-separated colours; index k >= 1 uses PALETTE[(k - 1) % 20].
@@ -150,9 +152,10 @@ def show_parser(task: str, default_num: int = 16) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="root of the real data set; without it the embedded generator is used")
     p.add_argument("--split", default="train", help="data split (default: train)")
-    p.add_argument("--num", type=int, default=default_num, help=f"number of samples (default: {default_num})")
+    p.add_argument("--num", type=int_at_least(1), default=default_num,
+                   help=f"number of samples (default: {default_num})")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
-    p.add_argument("--ncols", type=int, default=4, help="samples per grid row (default: 4)")
+    p.add_argument("--ncols", type=int_at_least(1), default=4, help="samples per grid row (default: 4)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache folder (default: $SA_MESH_CACHE or ~/.cache/sa-mesh)")
     p.add_argument("--out", type=Path, default=Path(f"{task}_samples.png"), help="output PNG path")

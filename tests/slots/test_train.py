@@ -1,11 +1,13 @@
 """Tests of slots.train: exact resumption (after a stop, Ctrl-C and kill -9), atomic checkpoints and their
-contents, the metrics / results files, refusal of unusable run folders, and DistributedDataParallel under
-torchrun (gloo, two CPU processes).
+contents, the metrics / results files, refusal of unusable run folders, a damaged newest checkpoint (refused;
+the previous one resumes), writes that fail (disk full), a second process on a locked run folder, and
+DistributedDataParallel under torchrun (gloo, two CPU processes).
 
 The file doubles as the script that the subprocess tests run (see ``_child``): a tiny regression task whose
 loss draws from torch (dropout), numpy and python's ``random``, so that every RNG state a checkpoint holds
 matters for the trajectory.
 """
+import errno
 import json
 import os
 import random
@@ -21,9 +23,11 @@ import pytest
 import torch
 from torch import nn
 
+import slots.checkpoint as slots_checkpoint
 import slots.train as slots_train
-from slots.train import (CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, CheckpointError, TrainConfig,
-                         TrainingInterrupted, batch_indices, get_lr, load_checkpoint, seed_everything, train)
+from slots.train import (CHECKPOINT_NAME, METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, CheckpointError,
+                         CheckpointWarning, LockHeld, RunFolderWriteError, TrainConfig, TrainingInterrupted,
+                         batch_indices, get_lr, load_checkpoint, seed_everything, train)
 
 REPO = Path(__file__).resolve().parents[2]
 TASK = "tiny"
@@ -361,6 +365,104 @@ def test_unusable_checkpoint_is_refused_and_nothing_written(reference, tmp_path,
 
 
 # ---------------------------------------------------------------------------------------------------
+# A damaged newest checkpoint, failed writes
+
+
+def _crash_at(step: int):
+    """A loss that raises during optimizer step ``step`` (1-based), as a crash would."""
+    calls = []
+
+    def loss(model, batch):
+        calls.append(1)
+        if len(calls) == step:
+            raise RuntimeError("crash")
+        return noisy_loss(model, batch)
+    return loss
+
+
+def test_damaged_checkpoint_is_refused_and_the_previous_one_resumes_bit_exact(reference, tmp_path):
+    ref_model, _, _ = reference
+    with pytest.raises(RuntimeError, match="crash"):
+        run(tmp_path, loss=_crash_at(11))  # checkpoints at steps 5 and 10
+    ckpt, previous = tmp_path / CHECKPOINT_NAME, tmp_path / PREVIOUS_NAME
+    assert load_checkpoint(ckpt)["step"] == 10 and load_checkpoint(previous)["step"] == 5
+    data = bytearray(ckpt.read_bytes())
+    weight = load_checkpoint(ckpt)["model"]["0.weight"].numpy().tobytes()
+    data[data.find(weight) + 7] ^= 0x10  # one flipped byte in a tensor
+    ckpt.write_bytes(bytes(data))
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        run(tmp_path, resume=True)
+    message = str(info.value)
+    assert f"checkpoint {ckpt} cannot be read" in message and "SHA-256" in message
+    assert f"previous checkpoint {previous} (step 5) passes its check" in message and "--resume-previous" in message
+    assert snapshot(tmp_path) == before  # nothing written, nothing deleted
+    with pytest.warns(CheckpointWarning, match=f"resuming from {previous} \\(step 5\\).*kept as .*ckpt.damaged.pt"):
+        model, results = run(tmp_path, resume=True, resume_previous=True)
+    assert results["step"] == 12
+    assert_same_params(model, ref_model)
+    assert (tmp_path / "ckpt.damaged.pt").read_bytes() == bytes(data)
+    assert load_checkpoint(ckpt)["step"] == 12 and load_checkpoint(previous)["step"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT_NAME, PREVIOUS_NAME, "ckpt.damaged.pt",
+                                                                 METRICS_NAME, RESULTS_NAME])
+    assert train_steps(tmp_path) == list(range(1, 13))
+
+
+def test_resume_previous_needs_resume(tmp_path):
+    with pytest.raises(ValueError, match="resume_previous needs resume=True"):
+        make_cfg(tmp_path, resume_previous=True)
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "metrics"])
+def test_no_space_left_stops_training_and_keeps_the_last_checkpoint(reference, tmp_path, monkeypatch, what):
+    """ENOSPC while writing the step-10 checkpoint (or the step-7 metrics record): training stops with an error
+    that names the file and the intact step-5 checkpoint, which resumes to the uninterrupted parameters."""
+    ref_model, _, _ = reference
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if what == "checkpoint":
+        real_write, real_save, saving = slots_checkpoint.atomic_write, torch.save, []
+
+        def save(obj, f, *args, **kw):  # save_checkpoint serializes the state, then writes the file
+            saving.append(obj["step"])
+            real_save(obj, f, *args, **kw)
+
+        def atomic_write(path, write, mode="wb", keep_as=None):
+            def fail_at_10(f):
+                if Path(path).name == CHECKPOINT_NAME and saving[-1] == 10:
+                    f.write(b"the first bytes")
+                    raise full
+                write(f)
+            real_write(path, fail_at_10, mode, keep_as)
+
+        monkeypatch.setattr(torch, "save", save)
+        monkeypatch.setattr(slots_checkpoint, "atomic_write", atomic_write)
+        failed, stopped = tmp_path / CHECKPOINT_NAME, 10
+    else:
+        real_open, appends = open, []
+
+        def fake_open(path, mode="r", *args, **kw):
+            if mode == "a":
+                appends.append(path)
+                if len(appends) == 7:
+                    raise full
+            return real_open(path, mode, *args, **kw)
+
+        monkeypatch.setattr(slots_train, "open", fake_open, raising=False)
+        failed, stopped = tmp_path / METRICS_NAME, 7
+    with pytest.raises(RunFolderWriteError) as info:
+        run(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"cannot write {failed} at step {stopped}: [Errno {errno.ENOSPC}]")
+    assert f"the last checkpoint, {tmp_path / CHECKPOINT_NAME} (step 5), is intact" in message
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 5
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / RESULTS_NAME).exists()
+    monkeypatch.undo()
+    model, _ = run(tmp_path, resume=True)
+    assert_same_params(model, ref_model)
+    assert train_steps(tmp_path) == list(range(1, 13))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Subprocesses: kill -9 and torchrun
 
 
@@ -374,8 +476,9 @@ def _child_cmd(*args):
     return [sys.executable, str(Path(__file__).resolve()), *map(str, args)]
 
 
-def _kill_when_blocked(cmd, marker: Path, timeout: float = 120) -> None:
-    """Start ``cmd``, wait until it touches ``marker`` (it then waits to be killed), and kill -9 it."""
+def _kill_when_blocked(cmd, marker: Path, timeout: float = 120, while_blocked=None) -> None:
+    """Start ``cmd``, wait until it touches ``marker`` (it then waits to be killed), call
+    ``while_blocked(pid)`` if given, and kill -9 it."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
@@ -383,6 +486,8 @@ def _kill_when_blocked(cmd, marker: Path, timeout: float = 120) -> None:
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.monotonic() < deadline, f"the child did not reach its blocking point: {cmd}"
             time.sleep(0.05)
+        if while_blocked is not None:
+            while_blocked(proc.pid)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -407,6 +512,28 @@ def test_sigkill_then_resume_in_fresh_process_is_bit_exact(reference, tmp_path):
     for k, v in ref_model.state_dict().items():
         assert torch.equal(params[k], v), k
     assert train_steps(out) == list(range(1, 13))  # the killed run's records after step 5 were dropped
+
+
+def test_second_process_on_a_run_folder_is_refused_and_kill_9_frees_it(reference, tmp_path):
+    """While a run trains in a folder, another run on it (fresh or resumed) stops before it writes anything,
+    naming the folder and the process that holds it; once that process is killed (-9), --resume continues."""
+    ref_model, _, _ = reference
+    out, marker = tmp_path / "run", tmp_path / "blocked"
+
+    def try_the_same_folder(pid: int) -> None:
+        before = snapshot(out)
+        for resume in (False, True):
+            with pytest.raises(LockHeld) as info:
+                run(out, resume=resume)
+            assert str(info.value).startswith(f"run folder {out} is in use by process {pid} ")
+            assert snapshot(out) == before
+
+    # the child reaches step 8 and waits
+    _kill_when_blocked(_child_cmd("train", out, "--block-at", 8, "--marker", marker), marker,
+                       while_blocked=try_the_same_folder)
+    model, _ = run(out, resume=True)
+    assert_same_params(model, ref_model)
+    assert train_steps(out) == list(range(1, 13))
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

@@ -14,9 +14,9 @@ fused AdamW update, as ``slots.train`` does. Groups, each run side by side in on
 * "clevr: slot attention alone, fwd+bwd": the slot-attention module of each variant on the encoder's output
   shape (64, 1,024, 64), forward and backward: where the variants differ, without the shared encoder.
 
-Threads: OT_BENCH_THREADS torch threads (default 1, what each of the two runs of ``python -m tasks.clevr
---jobs 0`` gets on a 2-core machine); the exact EMD of SA-EMD uses its own pool, every core of this process
-(``kernels.exact.emd``'s default, printed in the note). glibc keeps freed memory, as in training.
+Threads: OT_BENCH_THREADS torch threads (default 1, what each of the two runs of ``python -m tasks.clevr`` gets
+on a 2-core machine, one job per core by default); the exact EMD of SA-EMD uses its own pool, every core of this
+process (``kernels.exact.emd``'s default, printed in the note). glibc keeps freed memory, as in training.
 """
 import os
 

@@ -1,19 +1,23 @@
 """Tests of the random-objects command line (``python -m tasks.random_objects``): a tiny end-to-end run and
 its summary files, argument checks, unusable run folders (corrupt or foreign checkpoints, existing runs)
-refused with nothing overwritten, reuse of finished runs, Ctrl-C then --resume, and torchrun."""
+refused with nothing overwritten, a damaged checkpoint then --resume-previous, a second runner on the same
+folder, reuse of finished runs, Ctrl-C then --resume, and torchrun."""
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import tasks.random_objects.experiment as experiment
-from slots.train import CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, load_checkpoint
+from slots.checkpoint import save_checkpoint
+from slots.train import CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, CheckpointWarning, load_checkpoint
 from tasks.random_objects import BUDGETS, PAPER_TABLE1, RandomObjectsConfig, format_table
 from tasks.random_objects.__main__ import build_parser, config_from_args, main
 
@@ -185,9 +189,9 @@ def _break(run, breakage):
         data = ckpt.read_bytes()
         ckpt.write_bytes(data[:len(data) // 3])
     elif breakage.startswith("other_task"):
-        state = torch.load(ckpt, weights_only=True)
+        state = load_checkpoint(ckpt)
         state["task"] = "clevr"
-        torch.save(state, ckpt)
+        save_checkpoint(ckpt, state)
     elif breakage == "corrupt_results":
         results.write_text('{"task": "random_ob')
     elif breakage == "foreign_results":  # results of sigma 0.01 without their checkpoint
@@ -245,6 +249,64 @@ def test_resume_reuses_finished_run(copy_of, run_main):
     for name in ("sa/seed0/ckpt.pt", "sa/seed0/results.json", "sa/seed0/metrics.jsonl"):
         assert after[name] == before[name]
     assert after["table.md"][0].decode() == before["table.md"][0].decode()  # the same table, written again
+
+
+def test_damaged_checkpoint_exits_2_and_resume_previous_gives_the_uninterrupted_run(finished, tmp_path, run_main,
+                                                                                    assert_same_checkpoint):
+    out = tmp_path / "run"
+    code, _, stderr = run_main([*TINY, "--ckpt-every", "1", "--out", out])  # ckpt.pt: step 3, ckpt.prev.pt: step 2
+    assert code == 0, stderr
+    run_dir = out / "sa" / "seed0"
+    ckpt = run_dir / CHECKPOINT_NAME
+    weights = max(load_checkpoint(ckpt)["model"].values(), key=lambda t: t.numel()).numpy().tobytes()
+    data = bytearray(ckpt.read_bytes())
+    data[data.find(weights) + 5] ^= 0x01  # one flipped byte in a tensor
+    ckpt.write_bytes(bytes(data))
+    before = snapshot(out)
+    code, _, stderr = run_main([*TINY, "--out", out, "--resume"])
+    assert code == 2 and stderr.startswith(f"error: checkpoint {ckpt} cannot be read (truncated or corrupt?)")
+    assert "SHA-256" in stderr and "(step 2) passes its check" in stderr and "--resume-previous" in stderr
+    assert "weights_only" not in stderr and stderr.count("\n") == 1
+    assert snapshot(out) == before
+    with pytest.warns(CheckpointWarning, match=r"resuming from .*ckpt\.prev\.pt \(step 2\).*ckpt\.damaged\.pt"):
+        code, _, stderr = run_main([*TINY, "--out", out, "--resume-previous"])
+    assert code == 0, stderr
+    assert_same_checkpoint(run_dir, finished[0] / "sa" / "seed0", 3)
+    assert (run_dir / "ckpt.damaged.pt").read_bytes() == bytes(data)
+
+
+def test_second_runner_on_the_same_folder_exits_2_and_the_first_logs_each_step_once(tmp_path, run_main):
+    out = tmp_path / "run"
+    argv = ["--steps", "60", *TINY[2:], "--out", out]  # a training record at steps 50 and 60
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    first = subprocess.Popen([sys.executable, "-m", "tasks.random_objects", *map(str, argv)], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".lock").exists():
+            assert first.poll() is None, first.stdout.read().decode()
+            assert time.monotonic() < deadline, "the first runner did not start"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)  # it stays alive, holding the lock, while the second one tries
+        before = snapshot(out)
+        for extra in ([], ["--resume"]):
+            code, stdout, stderr = run_main([*argv, *extra])
+            assert code == 2 and stdout == ""
+            assert stderr == (f"error: run folder {out} is in use by process {first.pid} (lock file {out}/.lock); "
+                              "wait for it to end or choose another folder\n")
+        assert snapshot(out) == before
+        first.send_signal(signal.SIGCONT)
+        output, _ = first.communicate(timeout=300)
+        assert first.returncode == 0, output.decode()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    records = [json.loads(line) for line in (out / "sa" / "seed0" / METRICS_NAME).read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [50, 60]
+    assert [r["step"] for r in records if r["split"] == "eval"] == [60]
+    assert not (out / ".lock").exists()
 
 
 def test_ctrl_c_then_resume_gives_the_uninterrupted_run(finished, tmp_path, run_main, ctrl_c_at_step_2,

@@ -163,11 +163,22 @@ def test_unusable_out_folder_is_refused_before_any_work(tmp_path, where):
     (["--decay-rate", "0"], "argument --decay-rate: must be a finite number > 0, got 0"),
     (["--budget", "gpu"], "argument --budget: invalid choice"),
     (["--variant", "sa-foo"], "argument --variant: invalid choice"),
+    (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got 0"),
+    (["--jobs", "-2"], "argument --jobs: must be an integer >= 1, got -2"),
+    (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got 0"),
 ])
 def test_bad_arguments_exit_2(tmp_path, args, match):
     code, _, stderr = run_main([*args, "--out", tmp_path / "x"])
     assert code == 2 and match in stderr and "usage:" in stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_experiment_jobs_is_at_least_one_or_none():
+    budget = TOY.budgets["cpu"]
+    assert runner.Experiment(ToyConfig(), budget, ("sa",), "x").jobs is None  # one per core
+    for jobs in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"jobs must be an integer >= 1 or None \\(one per core\\), got {jobs}"):
+            runner.Experiment(ToyConfig(), budget, ("sa",), "x", jobs=jobs)
 
 
 def test_task_validation_runs_before_any_work(tmp_path):
@@ -200,9 +211,9 @@ def test_prepare_runs_once_before_any_run_folder_is_written(tmp_path):
     assert stderr == "error: data file /no/such/train.bin does not exist (noise 0.1)\n"
     assert not (tmp_path / "x").exists()
 
-    calls = []  # (n_train, whether the run folder existed when prepare ran)
-    good = dataclasses.replace(TOY, prepare=lambda cfg, progress: calls.append((cfg.n_train,
-                                                                                (tmp_path / "y").exists())))
+    calls = []  # (n_train, whether a run folder existed when prepare ran)
+    good = dataclasses.replace(TOY, prepare=lambda cfg, progress: calls.append(
+        (cfg.n_train, any((tmp_path / "y").glob("*/seed*")))))
     code, _, stderr = run_main(["--jobs", "1", "--threads", "1", "--no-progress", "--out", tmp_path / "y"],
                                task=good)
     assert code == 0, stderr

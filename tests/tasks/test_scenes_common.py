@@ -137,6 +137,58 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([npz.name, side.name])
 
 
+_CONCURRENT_BUILD = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from tasks.scenes import cached
+
+cache_dir, log, out = map(Path, sys.argv[1:])
+
+def build():
+    # each build signs the log, then waits (up to 6 s) for a second build to start: two builds of one entry
+    # at once would both get past this point together
+    with open(log, "a") as f:
+        f.write("build\\n")
+    deadline = time.monotonic() + 6
+    while log.read_text().count("build") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rng = np.random.default_rng(0)
+    return {"images": rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)}
+
+arrays = cached("race", {"n": 64}, "1", build, cache_dir)
+np.save(out, arrays["images"])
+"""
+
+
+def test_two_concurrent_builds_of_one_entry_give_one_build_and_a_valid_cache(tmp_path):
+    """Two processes ask for the same missing entry at once: one builds it while the other waits for the lock
+    and then reads it; both get the same arrays, with no warning, and the cache holds one valid entry."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    cache_dir, log = tmp_path / "cache", tmp_path / "builds.log"
+    log.write_text("")
+    procs = [subprocess.Popen([sys.executable, "-W", "error::UserWarning", "-c", _CONCURRENT_BUILD, str(cache_dir),
+                               str(log), str(tmp_path / f"out{i}.npy")], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(repo)))
+             for i in range(2)]
+    for p in procs:
+        output, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, output.decode()
+    assert log.read_text() == "build\n"
+    first, second = np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy")
+    assert first.shape == (64, 3, 32, 32) and np.array_equal(first, second)
+    npz, side = cache_paths("race", {"n": 64}, "1", cache_dir)
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([npz.name, side.name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = cached("race", {"n": 64}, "1", lambda: pytest.fail("the entry was not valid"), cache_dir)
+    assert np.array_equal(again["images"], first)
+
+
 def test_cache_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="name"):
         cached("bad/name", {}, "1", _Counter(), tmp_path)
