@@ -3,7 +3,8 @@ loss and the evaluation metrics of Zhang et al. (ICML 2023).
 
 Conventions: inputs x (B, n, input_dim), slots (B, n_slots, dim); attention plans (B, n, n_slots) with
 rows = inputs and columns = slots, as in ``kernels``. Images (B, C, H, W) in [-1, 1] for the
-object-discovery autoencoder of ``slots.vision``.
+object-discovery autoencoder of ``slots.vision``. ``load_pretrained(folder)`` reads back a model exported by
+``python -m tasks.export`` (``slots.pretrained``).
 """
 from .attention import (ATTENTION_VARIANTS, COSTS, MARGINAL_INPUTS, MESH_OBJECTIVES, SLOT_INITS, OTConfig, SlotAttention,
                         SlotAttentionConfig)
@@ -17,6 +18,7 @@ from .metrics import (
     normalized_hungarian_rmse,
     temporal_consistency,
 )
+from .pretrained import PretrainedError, load_pretrained, save_pretrained
 from .vision import (
     AutoencoderOutput,
     CNNEncoder,
@@ -69,4 +71,7 @@ __all__ = [
     "image_autoencoder_config",
     "native_bf16",
     "to_model_range",
+    "save_pretrained",
+    "load_pretrained",
+    "PretrainedError",
 ]

@@ -40,7 +40,7 @@ import functools
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -48,14 +48,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slots import (SLOT_INITS, OTConfig, SlotAutoencoder, SlotAutoencoderConfig, fg_ari, fg_miou,
+from slots import (SLOT_INITS, OTConfig, SlotAutoencoder, fg_ari, fg_miou,
                    image_autoencoder_config, native_bf16, to_model_range)
-from slots.train import CHECKPOINT_NAME, load_checkpoint
+from slots.train import CHECKPOINT_NAME
 from tasks.scenes.records import DataFormatError, SceneData
 from tasks.scenes.show import colorize_masks, save_grid, show_parser
 
 from . import runner
 from .runner import BACKENDS, Budget, Metric, Task
+from .runs import load_run
 
 __all__ = ["ModelSpec", "ImageSet", "check_scenes", "build_model", "reconstruction_loss", "evaluate",
            "fixed_region_masks", "evaluate_fixed_regions", "save_examples", "VARIANT_COSTS", "VARIANT_NAMES",
@@ -496,7 +497,8 @@ def make_task(name: str, config: type, ds: ImageDataset, paper: Callable[[Any], 
         describe=functools.partial(_describe, ds), aggregate="mean", baselines=functools.partial(_baselines, ds),
         after_train=functools.partial(_after_train, ds), model_config=functools.partial(_model_config, ds),
         validate=_validate, add_arguments=functools.partial(add_arguments, data_variants=data_variants),
-        options_from_args=options_from_args, plot_file="fg_ari_vs_steps.png", prepare=functools.partial(prepare, ds))
+        options_from_args=options_from_args, plot_file="fg_ari_vs_steps.png", prepare=functools.partial(prepare, ds),
+        model_kind="slot_autoencoder")
 
 
 def show_runs(task: Task, ds: ImageDataset, run: str | Path, num: int = 4, out: str | Path | None = None) -> list[Path]:
@@ -515,23 +517,18 @@ def show_runs(task: Task, ds: ImageDataset, run: str | Path, num: int = 4, out: 
         ckpts = sorted(run.glob(f"*/seed*/{CHECKPOINT_NAME}"))
     if not ckpts:
         raise ValueError(f"no {CHECKPOINT_NAME} in {run} or in its <variant>/seed<s>/ folders")
-    names = {f.name for f in fields(task.config)}
     written = []
     for path in ckpts:
-        ckpt = load_checkpoint(path)
-        if ckpt["task"] != task.name:
-            raise ValueError(f"{path} is a checkpoint of task {ckpt['task']!r}, not {task.name!r}")
-        tc = ckpt["task_config"]
-        cfg = task.config(**{k: v for k, v in tc.items() if k in names})
-        model = SlotAutoencoder(SlotAutoencoderConfig(**tc["model"]))
-        model.load_state_dict(ckpt["model"])
-        test = load_split(ds, "test", cfg)
-        name = VARIANT_NAMES.get(tc["variant"], tc["variant"])
-        target = path.parent / EXAMPLES if out is None else Path(out) / f"{tc['variant']}_seed{tc['seed']}.png"
+        trained = load_run(path.parent)
+        if trained.task.name != task.name:
+            raise ValueError(f"{path} is a checkpoint of task {trained.task.name!r}, not {task.name!r}")
+        test = load_split(ds, "test", trained.config)
+        name = VARIANT_NAMES.get(trained.variant, trained.variant)
+        target = path.parent / EXAMPLES if out is None else Path(out) / f"{trained.variant}_seed{trained.seed}.png"
         torch.manual_seed(0)
         written.append(save_examples(
-            model, test, target, indices=range(min(num, len(test))),
-            title=f"{ds.title}, {name}, seed {tc['seed']}, step {ckpt['step']}: input, reconstruction, attention x "
+            trained.model, test, target, indices=range(min(num, len(test))),
+            title=f"{ds.title}, {name}, seed {trained.seed}, step {trained.step}: input, reconstruction, attention x "
                   "input | ground truth, segmentation, alpha mask x input"))
     return written
 

@@ -136,6 +136,10 @@ class Task:
             run folder written: build data caches, check data files (raises ValueError naming the file).
         paper_time: optional ``(cfg) -> {variant: hours}``, the paper's training times, shown next to ours
             relative to the ``time_vs`` variant's.
+        model_kind: the kind of model ``build`` returns (a key of ``slots.pretrained.MODEL_KINDS``), with which
+            ``tasks.runs.load_run`` rebuilds a run's model from the configuration stored with it.
+        load_train_eval: optional ``(cfg, seed) -> data``: the training data in the form ``evaluate`` takes,
+            for a task whose ``load_train`` gives another form (None: ``load_train``'s data is evaluated).
     """
 
     name: str
@@ -164,6 +168,8 @@ class Task:
     time_vs: str | None = "sa"
     prepare: Callable[[Any, bool], None] | None = None
     paper_time: Callable[[Any], Mapping[str, float]] | None = None
+    model_kind: str | None = None
+    load_train_eval: Callable[[Any, int], Any] | None = None
 
     @property
     def headline(self) -> Metric:

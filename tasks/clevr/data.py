@@ -47,7 +47,7 @@ __all__ = [
     "GENERATOR_VERSION", "IMAGE_SIZE", "MAX_OBJECTS", "TARGET_DIM", "DSPN_CLASSES", "COORD_SCALE", "SPLITS",
     "scenes_to_targets", "generate_clevr", "read_clevr", "load_clevr", "write_clevr_tree", "encode_scenes",
     "decode_scenes", "SET_PREDICTION_LAYOUT", "SET_PREDICTION_SLICES", "SET_TARGET_DIM", "set_prediction_targets",
-    "resize_images",
+    "resize_images", "describe_set_predictions",
 ]
 
 GENERATOR_VERSION = "2"
@@ -177,6 +177,31 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
                                                 align_corners=False)
         out[start:start + 1024] = small.round_().clamp_(0, 255).to(torch.uint8)
     return out
+
+
+def describe_set_predictions(pred) -> list[dict]:
+    """The objects a set-prediction output describes, in CLEVR's terms (the inverse of
+    :func:`set_prediction_targets` for one image).
+
+    Args:
+        pred: float (K, 19) predictions (``SET_PREDICTION_LAYOUT``).
+
+    Returns:
+        K dicts (one per slot, in slot order): "real" (the "real object" confidence in [0, 1]; above 0.5 the slot
+        predicts an object), "3d_coords" (x, y, z in CLEVR units, [-3, 3] mapped back from [0, 1] by 6 c - 3),
+        and the argmax class of "size", "material", "shape" and "color" (DSPN's class names).
+    """
+    pred = torch.as_tensor(pred, dtype=torch.float32)
+    if pred.dim() != 2 or pred.shape[1] != SET_TARGET_DIM:
+        raise ValueError(f"need predictions (K, {SET_TARGET_DIM}), got {tuple(pred.shape)}")
+    objects = []
+    for row in pred:
+        obj = {"real": float(row[SET_PREDICTION_SLICES["real"]][0]),
+               "3d_coords": [float(c) * 6 - 3 for c in row[SET_PREDICTION_SLICES["coords"]]]}
+        for name in ("size", "material", "shape", "color"):
+            obj[name] = DSPN_CLASSES[name][int(row[SET_PREDICTION_SLICES[name]].argmax())]
+        objects.append(obj)
+    return objects
 
 
 # ---- generator ----------------------------------------------------------------------------------------------

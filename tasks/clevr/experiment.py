@@ -295,4 +295,4 @@ TASK = Task(
     paper=_paper, paper_label=_paper_label, budgets=BUDGETS, default_budget="cpu", describe=_describe,
     aggregate="mean", model_config=_model_config, validate=require_one_batch, add_arguments=_add_arguments,
     options_from_args=_options_from_args, plot_file="ap_vs_steps.png", prepare=_prepare,
-    paper_time=_paper_time)
+    paper_time=_paper_time, model_kind="clevr_set_model")

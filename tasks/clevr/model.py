@@ -24,6 +24,7 @@ variants); the learned-Gaussian slot initialization; symmetric zero padding of 2
 Known limits: images must be S x S (the position grid is built for the configured size).
 """
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ from slots import CNNEncoder, EncoderConfig, OTConfig, SlotAttention, SlotAttent
 from ..random_objects.model import DEFAULT_COSTS
 from .data import SET_TARGET_DIM
 
-__all__ = ["ClevrModelConfig", "ClevrSetModel"]
+__all__ = ["ClevrModelConfig", "ClevrSetModel", "SetOutput"]
 
 _STRIDES = (1, 2, 2, 1)
 
@@ -87,6 +88,18 @@ class ClevrModelConfig:
         return asdict(self)
 
 
+class SetOutput(NamedTuple):
+    """What :meth:`ClevrSetModel.infer` returns (K slots, (h, w) = (S / 4, S / 4) the encoder's feature grid).
+
+    pred (B, K, 19): the predicted objects in [0, 1]. slots (B, K, D): slot attention's output.
+    attn (B, K, h, w): slot attention's last attention plan, one map per slot over the feature grid.
+    """
+
+    pred: torch.Tensor
+    slots: torch.Tensor
+    attn: torch.Tensor
+
+
 class ClevrSetModel(nn.Module):
     """Image -> a set of 10 predicted objects (see the module docstring)."""
 
@@ -98,7 +111,13 @@ class ClevrSetModel(nn.Module):
         d = config.slot_attention.dim
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, SET_TARGET_DIM), nn.Sigmoid())
 
+    def infer(self, image: torch.Tensor) -> SetOutput:
+        """image (B, 3, S, S) float in [-1, 1] -> :class:`SetOutput`: the predictions with the slots and the
+        attention maps behind them."""
+        slots, attn = self.slot_attention(self.encoder(image))  # (B, n, 64) features -> (B, K, dim), (B, n, K)
+        h, w = self.config.encoder().feature_resolution
+        return SetOutput(self.head(slots), slots, attn.transpose(1, 2).reshape(attn.shape[0], -1, h, w))
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, 3, S, S) float in [-1, 1] -> predictions (B, n_slots, 19) in [0, 1]."""
-        slots, _ = self.slot_attention(self.encoder(image))  # (B, n, 64) features -> (B, n_slots, dim)
-        return self.head(slots)
+        return self.infer(image).pred

@@ -221,6 +221,11 @@ def _load_test(cfg: ClevrerConfig):
     return _load(cfg, "test", cfg.n_test, progress=False)
 
 
+def _load_train_eval(cfg: ClevrerConfig, seed: int):
+    """The training pairs with their masks, for evaluation (the same for every seed)."""
+    return _load(cfg, "train", cfg.n_train, progress=False)
+
+
 def _prepare(cfg: ClevrerConfig, progress: bool) -> None:
     """Reads (generates or decodes, and caches) both splits, checking every file before any training."""
     for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
@@ -372,4 +377,5 @@ TASK = Task(
     default_budget="paper" if torch.cuda.is_available() else "cpu",
     describe=_describe, aggregate="mean", baselines=_baselines, after_train=_after_train,
     model_config=_model_config, validate=_validate, prepare=_prepare, add_arguments=_add_arguments,
-    options_from_args=_options_from_args, plot_file="fg_ari_vs_steps.png")
+    options_from_args=_options_from_args, plot_file="fg_ari_vs_steps.png", model_kind="video_slot_autoencoder",
+    load_train_eval=_load_train_eval)

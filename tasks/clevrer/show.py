@@ -11,7 +11,6 @@ and every slot's alpha mask, a slot in the same colour in both frames), with the
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from ..runner import int_at_least
@@ -21,20 +20,17 @@ from .data import load_clevrer
 
 def _redraw(run: Path) -> Path:
     """Rebuild the model of the run folder ``run`` from its checkpoint and draw its pictures."""
-    from slots.train import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+    from slots.train import CHECKPOINT_NAME, CheckpointError
 
-    from .experiment import TASK, ClevrerConfig, draw_run_pictures
-    from .model import VideoModelConfig, VideoSlotAutoencoder
+    from ..runs import load_run
+    from .experiment import TASK, draw_run_pictures
 
-    ckpt = load_checkpoint(run / CHECKPOINT_NAME)
-    if ckpt["task"] != TASK.name:
-        raise CheckpointError(f"{run / CHECKPOINT_NAME} is a checkpoint of task {ckpt['task']!r}, not {TASK.name!r}")
-    cfg = ClevrerConfig(**{f.name: ckpt["task_config"][f.name] for f in fields(ClevrerConfig)
-                           if f.name in ckpt["task_config"]})
-    model = VideoSlotAutoencoder(VideoModelConfig(**ckpt["task_config"]["model"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    path = draw_run_pictures(model, TASK.load_test(cfg), cfg, ckpt["task_config"]["variant"], run)
+    trained = load_run(run)
+    if trained.task.name != TASK.name:
+        raise CheckpointError(f"{run / CHECKPOINT_NAME} is a checkpoint of task {trained.task.name!r}, not "
+                              f"{TASK.name!r}")
+    cfg = trained.config
+    path = draw_run_pictures(trained.model, TASK.load_test(cfg), cfg, trained.variant, run)
     if path is None:
         raise ValueError(f"the run in {run} was trained with n_pictures 0: nothing to draw")
     return path

@@ -148,23 +148,24 @@ def generate_clevrtex(num_images: int, seed: int = 0, split: str = "train", imag
 
 
 # ---- real data ----------------------------------------------------------------------------------------------
-def crop_and_resize(image, mask, crop: bool = True, size: int | None = IMAGE_SIZE):
-    """ClevrTex's preprocessing of one PIL image and its PIL index mask: centre crop of side
+def crop_and_resize(image, mask=None, crop: bool = True, size: int | None = IMAGE_SIZE):
+    """ClevrTex's preprocessing of one PIL image and its PIL index mask (or None): centre crop of side
     ``int(0.8 * min(W, H))`` and resize to size x size (bilinear image, nearest mask).
 
-    Returns image uint8 (3, s, s) (the first three channels) and mask uint8 (s, s)."""
+    Returns image uint8 (3, s, s) (the first three channels) and mask uint8 (s, s) (None without a mask)."""
     from PIL import Image
 
     if crop:
         c = int(CROP_FRACTION * float(min(image.width, image.height)))
         box = ((image.width - c) // 2, (image.height - c) // 2, (image.width + c) // 2, (image.height + c) // 2)
-        image, mask = image.crop(box), mask.crop(box)
+        image = image.crop(box)
+        mask = None if mask is None else mask.crop(box)
     if size is not None:
         image = image.resize((size, size), resample=Image.BILINEAR)
-        mask = mask.resize((size, size), resample=Image.NEAREST)
+        mask = None if mask is None else mask.resize((size, size), resample=Image.NEAREST)
     img = np.asarray(image)
     img = np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3]
-    return np.ascontiguousarray(img.transpose(2, 0, 1)), np.asarray(mask)
+    return np.ascontiguousarray(img.transpose(2, 0, 1)), None if mask is None else np.asarray(mask)
 
 
 def _index_clevrtex(root: Path, variant: str) -> dict[int, Path]:

@@ -339,7 +339,7 @@ TASK = Task(
     paper_label="Table 1, median of 5 seeds", budgets=BUDGETS, default_budget="paper", describe=_describe,
     aggregate="median", baselines=_baselines, model_config=_model_config,
     validate=require_one_batch, add_arguments=_add_arguments, options_from_args=_options_from_args,
-    plot_file="rmse_vs_steps.png")
+    plot_file="rmse_vs_steps.png", model_kind="random_objects_model")
 
 
 def format_table(summary: dict) -> str:

@@ -68,3 +68,44 @@ def assert_same_checkpoint():
     """``assert_same_checkpoint(run_dir, ref_dir, step)``: both run folders' checkpoints are at ``step`` and hold
     bit-identical parameters."""
     return _assert_same_checkpoint
+
+
+# Tiny runs of each task, trained once per session by the task's own command line (a few steps of a small model)
+_TINY_RUNS = {
+    "random_objects": ("tasks.random_objects.__main__", ["--variant", "sa-mesh", "--steps", "3", "--n-train", "64",
+                                                          "--n-test", "40", "--batch-size", "16"]),
+    "multi_dsprites": ("tasks.multi_dsprites.__main__", ["--variant", "sa-mesh", "--budget", "quick", "--steps", "3",
+                                                          "--batch-size", "4", "--n-train", "8", "--n-test", "5",
+                                                          "--resolution", "16"]),
+    "clevr": ("tasks.clevr.__main__", ["--variant", "sa-mesh", "--steps", "1", "--n-train", "8", "--n-test", "4",
+                                       "--batch-size", "8", "--image-size", "16"]),
+    "clevrer": ("tasks.clevrer.__main__", ["--variant", "sa", "--steps", "1", "--batch-size", "2", "--n-train", "2",
+                                           "--n-test", "2"]),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """``tiny_run(task) -> run folder``: a run of ``task`` (random_objects, multi_dsprites, clevr, clevrer) of a
+    few steps on generated data, trained on first use by ``python -m tasks.<task>`` in this process (one torch
+    thread, data cached in the session's temporary folder) and shared by the session's tests."""
+    import importlib
+
+    runs = {}
+
+    def get(task: str):
+        if task not in runs:
+            module, argv = _TINY_RUNS[task]
+            out = tmp_path_factory.mktemp(task)
+            n = torch.get_num_threads()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("SA_MESH_CACHE", str(tmp_path_factory.getbasetemp() / "tiny_run_cache"))
+                code, _, err = _run_cli(importlib.import_module(module).main,
+                                        [*argv, "--jobs", "1", "--threads", "1", "--no-progress", "--out", out])
+            torch.set_num_threads(n)
+            assert code == 0, err
+            variant = argv[argv.index("--variant") + 1]
+            runs[task] = out / variant / "seed0"
+        return runs[task]
+
+    return get
