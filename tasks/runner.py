@@ -43,6 +43,8 @@ import torch
 from torch import nn
 
 import kernels
+from emd_cpp import EMDUnavailableError
+from slots.attention import check_available
 from slots.train import (METRICS_NAME, RESULTS_NAME, CheckpointError, TrainConfig, TrainingInterrupted,
                          check_resumable, dist_info, is_main_process, seed_everything, train)
 
@@ -316,12 +318,15 @@ def run(task: Task, exp: Experiment) -> dict:
     Raises:
         ValueError / CheckpointError before anything is trained or written if a run folder cannot be used
         (a file in the way, an existing run without ``resume``, an unreadable or foreign checkpoint or result)
-        or the task's ``prepare`` or ``load_test`` finds bad input.
+        or the task's ``prepare`` or ``load_test`` finds bad input; emd_cpp.EMDUnavailableError, also before,
+        for a variant that needs exact EMD in a build without LEMON.
     """
     _check_out(exp.out)
     unknown = [v for v in exp.variants if v not in task.variants]
     if unknown or not exp.variants:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(task.variants)}")
+    for v in exp.variants:  # sa-emd without LEMON fails here, not after the other variants have trained
+        check_available(v)
     if task.validate is not None:
         task.validate(exp.config, exp.budget)
     runs = [(v, s) for v in exp.variants for s in range(exp.seeds)]
@@ -628,8 +633,9 @@ def experiment_from_args(task: Task, args: argparse.Namespace, default_out: Call
 
 def main(task: Task, argv=None, description: str = "", default_out=None,
          experiment: Callable[[argparse.Namespace], Experiment] | None = None) -> int:
-    """Run ``task`` from the command line. Exit status: 0 on success, 2 for bad arguments or an unusable run
-    folder (nothing is written then), 130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues).
+    """Run ``task`` from the command line. Exit status: 0 on success, 2 for bad arguments, an unusable run
+    folder, or a variant this build cannot run (nothing is written then),
+    130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues).
 
     ``experiment(args)`` builds the :class:`Experiment` when the task needs more than
     :func:`experiment_from_args` (e.g. an option that sets the number of steps)."""
@@ -645,7 +651,7 @@ def main(task: Task, argv=None, description: str = "", default_out=None,
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except ValueError as e:  # includes slots.train.CheckpointError
+    except (ValueError, EMDUnavailableError) as e:  # ValueError includes slots.train.CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 2
     if is_main_process():

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import emd_cpp
 from tasks import runner
 from tasks.pool import run_jobs
 
@@ -173,6 +174,13 @@ def test_bad_arguments_exit_2(tmp_path, args, match):
 def test_task_validation_runs_before_any_work(tmp_path):
     code, _, stderr = run_main(["--batch-size", "128", "--out", tmp_path / "x"])
     assert code == 2 and stderr == "error: n_train must be at least one batch\n"
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_variant_that_needs_emd_is_refused_before_any_work_without_lemon(tmp_path, without_emd):
+    emd_task = dataclasses.replace(TOY, variants={**TOY.variants, "sa-emd": "SA-EMD"})
+    code, stdout, stderr = run_main(["--variant", "sa", "--variant", "sa-emd", "--out", tmp_path / "x"], emd_task)
+    assert code == 2 and stdout == "" and stderr == f"error: {emd_cpp.MISSING_LEMON}\n"
     assert not (tmp_path / "x").exists()
 
 
