@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from . import tensorboard
 from .checkpoint import (CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, FORMAT, CheckpointError, atomic_write,
                          capture_rng, check_resumable, jsonable, load_checkpoint, read_records, restore_rng,
                          write_json)
@@ -109,10 +110,12 @@ class TrainConfig:
         num_threads: torch intra-op threads (None: torch's default, or cores / local processes under DDP
             on CPU).
         progress: show the progress bar (rank 0 only).
+        tensorboard: also write the records as TensorBoard events in ``out_dir`` (``slots.tensorboard``; needs
+            the tensorboard package).
 
     ``out_dir``, ``steps``, ``log_every``, ``eval_every``, ``ckpt_every``, ``resume``, ``device``,
-    ``num_threads`` and ``progress`` may change between a run and its resumption; the other fields define
-    the training trajectory and must match the checkpoint's.
+    ``num_threads``, ``progress`` and ``tensorboard`` may change between a run and its resumption; the other
+    fields define the training trajectory and must match the checkpoint's.
     """
 
     out_dir: str
@@ -133,10 +136,12 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None
     progress: bool = True
+    tensorboard: bool = False
 
     # Fields that may differ between a run and its resumption (they do not change the trajectory).
     RUNTIME_FIELDS: ClassVar[frozenset] = frozenset({"out_dir", "steps", "log_every", "eval_every", "ckpt_every",
-                                                     "resume", "device", "num_threads", "progress"})
+                                                     "resume", "device", "num_threads", "progress",
+                                                     "tensorboard"})
 
     def trajectory(self) -> dict:
         """The fields that define the training trajectory, JSON-normalized."""
@@ -166,7 +171,7 @@ class TrainConfig:
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.startswith("cuda:")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}")
-        for name in ("resume", "progress"):
+        for name in ("resume", "progress", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -299,6 +304,8 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
     batch_indices(cfg.seed, 0, n_examples, cfg.batch_size)  # raises if the data set is smaller than a batch
     device = pick_device(cfg.device, local_rank)
     ckpt = check_resumable(cfg, task, task_config)  # every process reads it; nothing is written yet
+    if cfg.tensorboard and rank == 0:
+        tensorboard.require()
     if world > 1:
         init_distributed(device)
     if cfg.num_threads is not None:
@@ -341,6 +348,7 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
             atomic_write(metrics_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept), mode="w")
         elif metrics_path.exists():
             metrics_path.unlink()
+    board = tensorboard.RunBoard(out, read_records(metrics_path)) if cfg.tensorboard and main else None
     net = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -388,6 +396,8 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
         if main:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if board is not None:
+                board.add_record(record)
 
     stop = StopFlag()
     stop.install()
@@ -454,6 +464,8 @@ def train(cfg: TrainConfig, model: nn.Module, train_data, loss_fn: Callable[[nn.
     finally:
         bar.close()
         stop.uninstall()
+        if board is not None:
+            board.close()
 
     results = {
         "task": task, "task_config": task_config, "train_config": jsonable(asdict(cfg)), "step": step,
