@@ -5,6 +5,8 @@
 - Benchmarks record (group, role, median) through the ``bench_record`` fixture; the run ends with a
   table of each group's medians and their speed-up over the group's baseline (role "naive", the
   paper-literal implementation, or "baseline"): ratio > 1 means faster than the baseline.
+- Tests marked ``needs_emd`` (exact EMD, compiled only where LEMON was found) are skipped, with the message
+  that says how to install LEMON, when ``emd_cpp.HAS_EMD`` is False.
 - Without a GPU, Triton kernels run in the interpreter on CPU tensors. The variable must be set before
   any module that defines a `@triton.jit` function is imported.
 """
@@ -13,6 +15,8 @@ import os
 import pytest
 import torch
 
+import emd_cpp
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -20,6 +24,22 @@ if not torch.cuda.is_available():
 def pytest_configure(config):
     if not config.getoption("benchmark_only", default=False):
         config.option.benchmark_skip = True
+
+
+def pytest_collection_modifyitems(config, items):
+    if emd_cpp.HAS_EMD:
+        return
+    skip = pytest.mark.skip(reason=emd_cpp.MISSING_LEMON)
+    for item in items:
+        if item.get_closest_marker("needs_emd") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def without_emd(monkeypatch):
+    """Run a test as in a build without LEMON: ``emd_cpp.HAS_EMD`` False, so every EMD entry point raises
+    ``emd_cpp.EMDUnavailableError`` (a real build without LEMON has no EMD functions at all)."""
+    monkeypatch.setattr(emd_cpp, "HAS_EMD", False)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Type stub for the compiled module emd_cpp._core (sources: module.cpp, batch.cpp, transport.cpp, sinkhorn.cpp)."""
+"""Type stub for the compiled module emd_cpp._core (sources: module.cpp, sinkhorn.cpp, and with LEMON batch.cpp,
+transport.cpp)."""
 from typing import ClassVar
 
 import numpy as np
@@ -24,6 +25,11 @@ class Status:
     def name(self) -> str: ...
     @property
     def value(self) -> int: ...
+
+HAS_EMD: bool
+"""Whether this build has the exact EMD part (LEMON was found): solve_batch, cost_bits, cache_stats, SUPPLY_TOTAL."""
+
+# Exact EMD (batch.cpp, transport.cpp): present only where HAS_EMD is True.
 
 SUPPLY_TOTAL: int
 """Both marginals are scaled to integers summing to exactly this (2**52)."""

@@ -1,6 +1,8 @@
 // Python binding of the batched exact EMD solver (see transport.hpp for the exactness argument and
 // batch.hpp for the threading) and of the fused CPU Sinkhorn / MESH loops (sinkhorn.hpp). The public,
 // validated entry points are kernels.exact.emd and kernels.sinkhorn / kernels.mesh (backend "cpp").
+// The EMD part needs LEMON and is compiled only with SA_MESH_HAVE_LEMON (CMakeLists.txt); HAS_EMD says
+// which build this is, and Status and the Sinkhorn / MESH loops exist in both.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,15 +16,18 @@
 #include <string>
 #include <vector>
 
-#include "batch.hpp"
 #include "sinkhorn.hpp"
 #include "status.hpp"
+#ifdef SA_MESH_HAVE_LEMON
+#include "batch.hpp"
 #include "transport.hpp"
+#endif
 
 namespace py = pybind11;
 
 namespace {
 
+#ifdef SA_MESH_HAVE_LEMON
 using Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
 // How often the calling thread (between its own problems, then while it waits for the helpers) takes
@@ -70,6 +75,7 @@ py::tuple solve_batch(const Array& C, const Array& a, const Array& b, int num_th
   if (error) std::rethrow_exception(error);
   return py::make_tuple(P, status);
 }
+#endif  // SA_MESH_HAVE_LEMON
 
 // --- Sinkhorn / MESH (sinkhorn.hpp). Values are checked per element by the loops (the status output); the
 // checks here are of shapes, so that a wrong call fails with a message, not a crash.
@@ -254,6 +260,8 @@ PYBIND11_MODULE(_core, m) {
       .value("COST_OVERFLOW", emd::Status::kCostOverflow, "max |C| / tau exceeds the dtype's largest value / 64")
       .value("LOG_DOMAIN", emd::Status::kLogDomain, "valid, but to be redone in the log domain (not an error)");
 
+#ifdef SA_MESH_HAVE_LEMON
+  m.attr("HAS_EMD") = true;
   m.attr("SUPPLY_TOTAL") = emd::kSupplyTotal;
 
   m.def("cost_bits", &emd::cost_bits, py::arg("nodes"),
@@ -283,4 +291,7 @@ PYBIND11_MODULE(_core, m) {
         "    int8 Status codes.\n\n"
         "Raises KeyboardInterrupt (or whatever a signal handler raises) if a signal arrives during\n"
         "the solve; problems already being solved finish first.");
+#else
+  m.attr("HAS_EMD") = false;  // built without LEMON: no solve_batch, cost_bits, cache_stats, SUPPLY_TOTAL
+#endif
 }

@@ -37,6 +37,9 @@ beside ``num_threads - 1`` helper threads; about every 20 ms (between its proble
 waits for the helpers) it takes the GIL back to let Python handle signals. Ctrl-C stops the batch
 once the problems already being solved (one per thread) are done and raises ``KeyboardInterrupt``.
 
+Without LEMON (``emd_cpp.HAS_EMD`` False: the extension was built without it) both functions raise
+``emd_cpp.EMDUnavailableError``, which says how to install LEMON and rebuild.
+
 Known limits: the plan has no gradient (it is piecewise constant in C); a solver needs about 60
 bytes per arc (n * m) and each thread has its own (idle ones are cached up to 2**25 arcs in all, for
 the 8 most recent shapes); LEMON's int arc ids limit n * m + 2 (n + m) to below 2**31; CUDA tensors
@@ -129,8 +132,10 @@ def emd(C, a, b, num_threads=None):
         negative, non-finite or all-zero marginals, or masses that differ by more than relative 1e-4
         (the solver checks each element before solving it, so the data is read once);
         RuntimeError naming the batch element if the solver does not report an optimum;
-        KeyboardInterrupt if interrupted.
+        KeyboardInterrupt if interrupted; emd_cpp.EMDUnavailableError (a RuntimeError) if the extension
+        was built without LEMON.
     """
+    emd_cpp.require_emd()
     Ct, at, bt = _as_tensors(C, a, b)
     _check_metadata(Ct, at, bt)
     threads = _check_num_threads(num_threads)
@@ -167,8 +172,10 @@ def emd_attention(C, a, b, n_sh_iters=5, tau=1.0, *, num_threads=None, backend=N
         its columns to ``2 * b``.
 
     Raises:
-        ValueError naming the problem for bad inputs (as :func:`emd` and ``kernels.sinkhorn``).
+        ValueError naming the problem for bad inputs (as :func:`emd` and ``kernels.sinkhorn``);
+        emd_cpp.EMDUnavailableError if the extension was built without LEMON.
     """
+    emd_cpp.require_emd()
     check_int(n_sh_iters, "n_sh_iters", 1)
     check_ot_inputs(C, a, b, values=False)
     check_tau(tau)

@@ -44,7 +44,7 @@ therefore reach the projections, GRU, MLP and marginal networks only through the
 slot initialization (learned mean, std or vector, or slots passed in) gets none.
 
 Known limits: inputs must be float32 or float64 (the OT kernels' dtypes); "sa-emd" solves exact OT on
-the CPU and is slow, as in the paper.
+the CPU and is slow, as in the paper, and needs the extension built with LEMON (``check_available``).
 """
 import math
 from dataclasses import asdict, dataclass, field
@@ -54,13 +54,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import emd_cpp
 from kernels import BACKENDS, emd_attention, sinkhorn
 from kernels.mesh import mesh
 
 from .mesh_variants import MeshVariant
 
 __all__ = ["OTConfig", "SlotAttentionConfig", "SlotAttention", "COSTS", "ATTENTION_VARIANTS", "SLOT_INITS",
-           "MESH_OBJECTIVES", "MARGINAL_INPUTS"]
+           "MESH_OBJECTIVES", "MARGINAL_INPUTS", "check_available"]
 
 MESH_OBJECTIVES = ("entropy", "learned")
 MARGINAL_INPUTS = ("normalized", "raw")
@@ -318,14 +319,22 @@ class _Variant(NamedTuple):
     plan: Callable[..., torch.Tensor]
     is_ot: bool  # uses marginals (and OTConfig.normalize_plan)
     needs_noise: bool
+    needs_emd: bool = False  # the exact EMD solver, which only an extension built with LEMON has
 
 
 ATTENTION_VARIANTS: dict[str, _Variant] = {
     "sa": _Variant(_plan_sa, is_ot=False, needs_noise=False),
     "sa-sh": _Variant(_plan_sinkhorn, is_ot=True, needs_noise=False),
-    "sa-emd": _Variant(_plan_emd, is_ot=True, needs_noise=False),
+    "sa-emd": _Variant(_plan_emd, is_ot=True, needs_noise=False, needs_emd=True),
     "sa-mesh": _Variant(_plan_mesh, is_ot=True, needs_noise=True),
 }
+
+
+def check_available(variant: str) -> None:
+    """Raise ``emd_cpp.EMDUnavailableError`` (how to install LEMON and rebuild) if ``variant`` needs exact EMD
+    and the extension was built without it; names that are not attention variants pass."""
+    if variant in ATTENTION_VARIANTS and ATTENTION_VARIANTS[variant].needs_emd:
+        emd_cpp.require_emd()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -429,6 +438,7 @@ class SlotAttention(nn.Module):
         super().__init__()
         if not isinstance(config, SlotAttentionConfig):
             raise ValueError(f"config must be a SlotAttentionConfig, got {type(config).__name__}")
+        check_available(config.variant)
         self.config = config
         self._variant = ATTENTION_VARIANTS[config.variant]
         self._cost = COSTS[config.cost]

@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from . import tensorboard
 from .checkpoint import (CHECKPOINT_NAME, METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, FORMAT, CheckpointError,
                          CheckpointWarning, LockHeld, RunFolderWriteError, atomic_write, capture_rng, check_resumable,
                          jsonable, keep_copy, load_checkpoint, lock_folder, read_records, restore_rng,
@@ -121,10 +122,12 @@ class TrainConfig:
         num_threads: torch intra-op threads (None: torch's default, or cores / local processes under DDP
             on CPU).
         progress: show the progress bar (rank 0 only).
+        tensorboard: also write the records as TensorBoard events in ``out_dir`` (``slots.tensorboard``; needs
+            the tensorboard package).
 
     ``out_dir``, ``steps``, ``log_every``, ``eval_every``, ``ckpt_every``, ``resume``, ``resume_previous``,
-    ``device``, ``num_threads`` and ``progress`` may change between a run and its resumption; the other fields define
-    the training trajectory and must match the checkpoint's.
+    ``device``, ``num_threads``, ``progress`` and ``tensorboard`` may change between a run and its resumption; the
+    other fields define the training trajectory and must match the checkpoint's.
     """
 
     out_dir: str
@@ -146,11 +149,12 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None
     progress: bool = True
+    tensorboard: bool = False
 
     # Fields that may differ between a run and its resumption (they do not change the trajectory).
     RUNTIME_FIELDS: ClassVar[frozenset] = frozenset({"out_dir", "steps", "log_every", "eval_every", "ckpt_every",
                                                      "resume", "resume_previous", "device", "num_threads",
-                                                     "progress"})
+                                                     "progress", "tensorboard"})
 
     def trajectory(self) -> dict:
         """The fields that define the training trajectory, JSON-normalized."""
@@ -180,7 +184,7 @@ class TrainConfig:
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.startswith("cuda:")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}")
-        for name in ("resume", "resume_previous", "progress"):
+        for name in ("resume", "resume_previous", "progress", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.resume_previous and not self.resume:
@@ -329,6 +333,8 @@ def _train_locked(cfg: TrainConfig, model: nn.Module, train_data, loss_fn, eval_
     rank, world, _ = dist_info()
     found = check_resumable(cfg, task, task_config)  # every process reads it; nothing is written yet
     ckpt, ckpt_from = found if found is not None else (None, None)
+    if cfg.tensorboard and rank == 0:
+        tensorboard.require()
     if world > 1:
         init_distributed(device)
     if cfg.num_threads is not None:
@@ -395,6 +401,7 @@ def _train_locked(cfg: TrainConfig, model: nn.Module, train_data, loss_fn, eval_
                 atomic_write(metrics_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept), mode="w")
             elif metrics_path.exists():
                 metrics_path.unlink()
+    board = tensorboard.RunBoard(out, read_records(metrics_path)) if cfg.tensorboard and main else None
     net = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -445,6 +452,8 @@ def _train_locked(cfg: TrainConfig, model: nn.Module, train_data, loss_fn, eval_
         if main:
             with writing(metrics_path), open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if board is not None:
+                board.add_record(record)
 
     stop = StopFlag()
     stop.install()
@@ -511,6 +520,8 @@ def _train_locked(cfg: TrainConfig, model: nn.Module, train_data, loss_fn, eval_
     finally:
         bar.close()
         stop.uninstall()
+        if board is not None:
+            board.close()
 
     results = {
         "task": task, "task_config": task_config, "train_config": jsonable(asdict(cfg)), "step": step,

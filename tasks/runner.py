@@ -29,7 +29,8 @@ checkpoints and reuses finished ones; ``--resume-previous`` also continues a run
 its check from the previous one. Every run folder is checked before anything is trained or written. The
 summary folder is locked while the runner works in it, and each run folder while its run trains
 (``slots.checkpoint.lock_folder``): a second runner on the same ``--out`` exits with status 2 before it
-writes anything.
+writes anything. ``--tensorboard`` adds TensorBoard events to every run folder (``slots.tensorboard``), so that
+``tensorboard --logdir runs/`` shows the runs side by side.
 
 Known limits: under ``torchrun`` runs are trained one after the other (each one data-parallel); parallel
 jobs and torchrun do not mix.
@@ -48,6 +49,9 @@ import torch
 from torch import nn
 
 import kernels
+from emd_cpp import EMDUnavailableError
+from slots import tensorboard
+from slots.attention import check_available
 from slots.checkpoint import lock_folder
 from slots.train import (METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, CheckpointError, RunFolderWriteError, TrainConfig,
                          TrainingInterrupted, check_resumable, dist_info, is_main_process, seed_everything, train)
@@ -194,6 +198,8 @@ class Experiment:
             number of runs), one on CUDA or under torchrun.
         num_threads: torch threads per run (None: torch's default; with jobs > 1, cores / jobs).
         progress: progress bars (never in worker processes).
+        tensorboard: also write TensorBoard events into every run folder (``slots.tensorboard``): the training
+            records, the evaluations and the pictures of ``task.after_train``.
     """
 
     config: Any
@@ -206,6 +212,7 @@ class Experiment:
     jobs: int | None = None
     num_threads: int | None = None
     progress: bool = True
+    tensorboard: bool = False
 
     def __post_init__(self):
         jobs = self.jobs
@@ -224,7 +231,7 @@ class Experiment:
             grad_clip=b.grad_clip, seed=seed, log_every=min(50, b.steps), eval_every=b.eval_every,
             ckpt_every=b.ckpt_every, resume=self.resume, resume_previous=self.resume_previous,
             num_threads=self.num_threads if num_threads is None else num_threads,
-            progress=self.progress if progress is None else progress)
+            progress=self.progress if progress is None else progress, tensorboard=self.tensorboard)
 
 
 def require_one_batch(cfg, budget: Budget) -> None:
@@ -271,6 +278,10 @@ def _train_one(task: Task, exp: Experiment, variant: str, seed: int, train_cfg: 
         model.eval()
         with torch.no_grad():
             task.after_train(model, test, exp.config, run_dir(exp, variant, seed))
+        if train_cfg.tensorboard:
+            board = tensorboard.RunBoard(run_dir(exp, variant, seed), purge=False)
+            board.add_pictures(sorted(run_dir(exp, variant, seed).glob("*.png")), results["step"])
+            board.close()
     return results
 
 
@@ -337,12 +348,18 @@ def run(task: Task, exp: Experiment) -> dict:
         ValueError / CheckpointError before anything is trained or written if a run folder cannot be used
         (a file in the way, an existing run without ``resume``, an unreadable or foreign checkpoint or result,
         another process working in ``exp.out``: ``LockHeld``) or the task's ``prepare`` or ``load_test`` finds
-        bad input; RunFolderWriteError if a run cannot write its files (its last checkpoint is intact).
+        bad input; emd_cpp.EMDUnavailableError, also before, for a variant that needs exact EMD in a build
+        without LEMON; slots.tensorboard.TensorBoardMissing, also before, for ``tensorboard`` without the
+        tensorboard package; RunFolderWriteError if a run cannot write its files (its last checkpoint is intact).
     """
     _check_out(exp.out)
     unknown = [v for v in exp.variants if v not in task.variants]
     if unknown or not exp.variants:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(task.variants)}")
+    for v in exp.variants:  # sa-emd without LEMON fails here, not after the other variants have trained
+        check_available(v)
+    if exp.tensorboard:
+        tensorboard.require()
     if task.validate is not None:
         task.validate(exp.config, exp.budget)
     # one runner per summary folder (under torchrun, the main process holds the lock for all)
@@ -634,6 +651,10 @@ def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int_at_least(1),
                    help="torch threads per run (default: torch's choice; with several jobs, cores / jobs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events (loss, learning rate, gradient norm, evaluation metrics, "
+                        "pictures) into every run folder; view with tensorboard --logdir runs/ "
+                        f"(needs tensorboard: {tensorboard.INSTALL})")
     if task.add_arguments is not None:
         task.add_arguments(p, steps_group)
     return p
@@ -658,14 +679,15 @@ def experiment_from_args(task: Task, args: argparse.Namespace, default_out: Call
     return Experiment(config=cfg, budget=budget, variants=tuple(args.variants or task.default_variants), out=out,
                       seeds=args.seeds, resume=args.resume or args.resume_previous,
                       resume_previous=args.resume_previous, jobs=args.jobs, num_threads=args.threads,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, tensorboard=args.tensorboard)
 
 
 def main(task: Task, argv=None, description: str = "", default_out=None,
          experiment: Callable[[argparse.Namespace], Experiment] | None = None) -> int:
-    """Run ``task`` from the command line. Exit status: 0 on success, 2 for bad arguments or an unusable run
-    folder (a damaged checkpoint, a folder another process works in; nothing is written then), 1 when a run
-    cannot write its files (disk full, permissions; its last checkpoint is intact, ``--resume`` continues),
+    """Run ``task`` from the command line. Exit status: 0 on success, 2 for bad arguments, an unusable run
+    folder (a damaged checkpoint, a folder another process works in), a variant this build cannot run or
+    ``--tensorboard`` without tensorboard (nothing is written then), 1 when a run cannot write its files (disk
+    full, permissions; its last checkpoint is intact, ``--resume`` continues),
     130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues).
 
     ``experiment(args)`` builds the :class:`Experiment` when the task needs more than
@@ -682,7 +704,7 @@ def main(task: Task, argv=None, description: str = "", default_out=None,
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except ValueError as e:  # includes slots.train.CheckpointError and LockHeld
+    except (ValueError, EMDUnavailableError, tensorboard.TensorBoardMissing) as e:  # CheckpointError, LockHeld too
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunFolderWriteError as e:

@@ -1,15 +1,22 @@
-"""Tests of the compiled emd_cpp._core: status codes, exact-scaling edge cases, the solver cache.
+"""Tests of the compiled emd_cpp._core: status codes, exact-scaling edge cases, the solver cache, and the error
+of a build without LEMON.
 
 The public API (kernels.exact.emd) is tested in tests/kernels/test_exact.py; here the core is called
 directly: an invalid problem must come back with its own status for its own batch element (never a
 crash), and the integer scaling must stay exact at extreme cost magnitudes.
 """
+import dataclasses
+
 import numpy as np
 import ot
 import pytest
+import torch
 
 import emd_cpp
+import kernels
+from slots import SlotAttention, SlotAttentionConfig
 
+needs_emd = pytest.mark.needs_emd
 OPTIMAL = int(emd_cpp.Status.OPTIMAL)
 BAD_COST = int(emd_cpp.Status.INVALID_COST)
 BAD_MARGINAL = int(emd_cpp.Status.INVALID_MARGINAL)
@@ -25,15 +32,52 @@ def _problem(B, n, m, seed):
 
 
 def test_exports_and_constants():
-    assert sorted(emd_cpp.__all__) == sorted(["solve_batch", "Status", "SUPPLY_TOTAL", "cost_bits", "cache_stats",
-                                              "sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd", "mesh_bwd"])
-    assert emd_cpp.SUPPLY_TOTAL == 2**52
+    emd_names = ["solve_batch", "SUPPLY_TOTAL", "cost_bits", "cache_stats"]
+    both = ["HAS_EMD", "Status", "EMDUnavailableError", "require_emd", "sinkhorn_fwd", "sinkhorn_bwd", "mesh_fwd",
+            "mesh_bwd"]
+    assert sorted(emd_cpp.__all__) == sorted(both + emd_names * emd_cpp.HAS_EMD)
+    assert [hasattr(emd_cpp._core, name) for name in emd_names] == [emd_cpp.HAS_EMD] * 4
+    if emd_cpp.HAS_EMD:
+        assert emd_cpp.SUPPLY_TOTAL == 2**52
     S = emd_cpp.Status
     codes = [S.OPTIMAL, S.INFEASIBLE, S.UNBOUNDED, S.INVALID_COST, S.INVALID_MARGINAL, S.MASS_MISMATCH, S.NOT_SOLVED,
              S.INVALID_WARM_START, S.INVALID_NOISE, S.COST_OVERFLOW, S.LOG_DOMAIN]
     assert [int(c) for c in codes] == list(range(11))
 
 
+def test_without_lemon_require_emd_says_how_to_install_it(without_emd):
+    with pytest.raises(emd_cpp.EMDUnavailableError) as e:
+        emd_cpp.require_emd()
+    message = str(e.value)
+    assert message == emd_cpp.MISSING_LEMON and isinstance(e.value, RuntimeError)
+    for how in ("apt-get install liblemon-dev", "conda install -c conda-forge lemon", "LEMON_DIR", "pip install ."):
+        assert how in message
+
+
+@needs_emd
+def test_require_emd_passes_where_lemon_was_built():
+    emd_cpp.require_emd()
+
+
+def test_without_lemon_every_emd_entry_point_raises_that_error(without_emd):
+    """kernels.emd, kernels.emd_attention and an sa-emd model fail with the one message; Sinkhorn, MESH and the
+    other variants still run."""
+    g = torch.Generator().manual_seed(0)
+    C = torch.rand(2, 5, 3, generator=g, dtype=torch.float64)
+    a, b = torch.full((2, 5), 0.6, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    config = SlotAttentionConfig(n_slots=3, dim=8, input_dim=6, variant="sa-emd")
+    for call in (lambda: kernels.emd(C, a, b), lambda: kernels.emd(C.numpy(), a.numpy(), b.numpy()),
+                 lambda: kernels.emd_attention(C, a, b), lambda: SlotAttention(config)):
+        with pytest.raises(emd_cpp.EMDUnavailableError) as e:
+            call()
+        assert str(e.value) == emd_cpp.MISSING_LEMON
+    P, _, _ = kernels.sinkhorn(C, a, b, n_iters=50)
+    assert torch.allclose(P.sum(1), b, atol=1e-6)
+    slots, _ = SlotAttention(dataclasses.replace(config, variant="sa-mesh"))(torch.randn(2, 5, 6))
+    assert slots.shape == (2, 3, 8) and torch.isfinite(slots).all()
+
+
+@needs_emd
 @pytest.mark.parametrize("nodes", [2, 3, 16, 17, 116, 1031, 4107, 2**20, 2**31 - 1])
 def test_cost_grid_keeps_lemon_inside_int64(nodes):
     """K = min(52, 60 - ceil(log2 N)): LEMON's artificial cost 2**62 plus (2N - 1) * 2**K must fit in
@@ -43,6 +87,7 @@ def test_cost_grid_keeps_lemon_inside_int64(nodes):
     assert K == min(52, 60 - (nodes - 1).bit_length())
 
 
+@needs_emd
 def test_status_per_batch_element():
     C, a, b = _problem(9, 9, 4, seed=0)
     C[1, 2, 3] = np.nan
@@ -63,6 +108,7 @@ def test_status_per_batch_element():
     assert status.tolist() == [OPTIMAL]
 
 
+@needs_emd
 def test_shape_errors_and_threads():
     C, a, b = _problem(2, 5, 3, seed=1)
     with pytest.raises(ValueError, match="C must have shape"):
@@ -81,6 +127,7 @@ def test_shape_errors_and_threads():
     assert P.shape == (0, 5, 3) and status.shape == (0,)
 
 
+@needs_emd
 def test_float32_and_strided_inputs_are_converted():
     C, a, b = _problem(3, 7, 5, seed=2)
     P64, _ = emd_cpp.solve_batch(C, a, b, 1)
@@ -96,6 +143,7 @@ def test_float32_and_strided_inputs_are_converted():
     assert np.allclose((C32 * P32).sum((1, 2)), ref, rtol=1e-6, atol=0)
 
 
+@needs_emd
 @pytest.mark.parametrize("scale, shift", [(1e300, 0.0), (1e-300, 0.0), (1e-310, 0.0), (1.0, 1e6), (-3.0, 7.0)])
 def test_affine_cost_changes_keep_the_plan(scale, shift):
     """Optimal plans are invariant to C -> s C + t (s > 0) and flip to the max-cost plan for s < 0;
@@ -112,6 +160,7 @@ def test_affine_cost_changes_keep_the_plan(scale, shift):
         assert np.allclose(Q, R, rtol=0, atol=1e-12)
 
 
+@needs_emd
 def test_huge_opposite_costs_do_not_overflow():
     C, a, b = _problem(2, 6, 4, seed=4)
     C = np.where(C > 0.5, 1.5e308, -1.5e308)  # max C - min C overflows float64
@@ -122,6 +171,7 @@ def test_huge_opposite_costs_do_not_overflow():
         assert np.isclose((P[k] * (C[k] > 0)).sum(), (ref * (C[k] > 0)).sum(), rtol=0, atol=1e-12)
 
 
+@needs_emd
 @pytest.mark.parametrize("mass", [1e-305, 1e-290, 1e300])
 def test_extreme_masses_scale_the_plan(mass):
     """The supplies are scaled by w / sum(w), so tiny or huge total masses give the unit-mass plan
@@ -133,6 +183,7 @@ def test_extreme_masses_scale_the_plan(mass):
     assert np.allclose(Q / mass, P, rtol=1e-12, atol=1e-15)
 
 
+@needs_emd
 def test_marginals_scaled_to_exact_integer_total():
     """Rows sum to a_i M / sum(a) and columns to b_j M / sum(b), M the mean mass, even when the masses
     differ and entries are tiny or zero."""
@@ -153,6 +204,7 @@ def test_marginals_scaled_to_exact_integer_total():
     assert (P[0, 0] == 0).all() and (P[0, 3] == 0).all() and (P[0, :, 2] == 0).all()
 
 
+@needs_emd
 def test_cache_reuses_graph_and_solvers():
     """One graph per shape; at most one solver per thread ever running, however many calls."""
     C, a, b = _problem(8, 13, 11, seed=6)  # a shape no other test uses

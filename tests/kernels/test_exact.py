@@ -22,6 +22,7 @@ from kernels.ot import sinkhorn
 from kernels.reference import sinkhorn_ref
 
 CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.needs_emd  # the error without LEMON: tests/emd_cpp/test_core.py
 
 
 def _np(p, mass=1.0):

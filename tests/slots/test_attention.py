@@ -14,6 +14,13 @@ VARIANTS = sorted(ATTENTION_VARIANTS)
 OT_VARIANTS = [v for v in VARIANTS if v != "sa"]
 
 
+def cases(*lists):
+    """The parametrize cases of the product of ``lists`` (the first holds variants); those of a variant that
+    needs exact EMD are marked ``needs_emd`` (skipped in a build without LEMON)."""
+    return [pytest.param(*case, marks=[pytest.mark.needs_emd] * ATTENTION_VARIANTS[case[0]].needs_emd)
+            for case in itertools.product(*lists)]
+
+
 def make(variant="sa-mesh", cost="l2", n_slots=4, dim=8, input_dim=6, seed=0, **kw):
     torch.manual_seed(seed)
     ot = kw.pop("ot", OTConfig())
@@ -21,7 +28,7 @@ def make(variant="sa-mesh", cost="l2", n_slots=4, dim=8, input_dim=6, seed=0, **
                                              cost=cost, mlp_hidden=16, ot=ot, **kw))
 
 
-@pytest.mark.parametrize("variant,cost", list(itertools.product(VARIANTS, sorted(COSTS))))
+@pytest.mark.parametrize("variant,cost", cases(VARIANTS, sorted(COSTS)))
 def test_forward_backward_every_variant_and_cost(variant, cost):
     sa = make(variant, cost, implicit_grad=(cost != "dot"))
     x = torch.randn(3, 10, 6, requires_grad=True)
@@ -46,7 +53,7 @@ def test_forward_backward_every_variant_and_cost(variant, cost):
         assert dict(sa.named_parameters())[name].grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("variant", OT_VARIANTS)
+@pytest.mark.parametrize("variant", cases(OT_VARIANTS))
 def test_ot_plan_meets_marginals(variant):
     sa = make(variant, n_iters=1, ot=OTConfig(n_sh_iters=300))
     x, s0 = torch.randn(2, 12, 6), torch.randn(2, 4, 8)
@@ -76,7 +83,7 @@ def test_marginals_sum_to_n_slots(learned):
         make("sa").marginals(x, s)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", cases(VARIANTS))
 def test_is_ot_says_which_variants_have_marginals(variant):
     sa = make(variant)
     x, s = torch.randn(2, 5, sa.config.input_dim), torch.randn(2, sa.config.n_slots, sa.config.dim)

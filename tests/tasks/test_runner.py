@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import emd_cpp
 from tasks import runner
 from tasks.pool import run_jobs
 
@@ -184,6 +186,51 @@ def test_experiment_jobs_is_at_least_one_or_none():
 def test_task_validation_runs_before_any_work(tmp_path):
     code, _, stderr = run_main(["--batch-size", "128", "--out", tmp_path / "x"])
     assert code == 2 and stderr == "error: n_train must be at least one batch\n"
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_variant_that_needs_emd_is_refused_before_any_work_without_lemon(tmp_path, without_emd):
+    emd_task = dataclasses.replace(TOY, variants={**TOY.variants, "sa-emd": "SA-EMD"})
+    code, stdout, stderr = run_main(["--variant", "sa", "--variant", "sa-emd", "--out", tmp_path / "x"], emd_task)
+    assert code == 2 and stdout == "" and stderr == f"error: {emd_cpp.MISSING_LEMON}\n"
+    assert not (tmp_path / "x").exists()
+
+
+def _draw(model, test, cfg, run_dir):
+    """An after_train hook that draws a picture: the model's weights as a (1, 3) grey image."""
+    from PIL import Image
+
+    w = model.weight.detach().clamp(-2, 2).add(2).mul(63).to(torch.uint8).numpy()
+    Image.fromarray(w).save(run_dir / "weights.png")
+
+
+def test_tensorboard_flag_writes_every_run_with_its_pictures(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "toy"
+    code, _, stderr = run_main(["--tensorboard", "--jobs", "1", "--threads", "1", "--no-progress", "--out", out],
+                               dataclasses.replace(TOY, after_train=_draw))
+    assert code == 0, stderr
+    for variant in TOY.default_variants:
+        run = out / variant / "seed0"
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0})
+        acc.Reload()
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in records if r["split"] == "eval"]
+        for key in ("score", "mse"):
+            assert [(e.step, e.value) for e in acc.Scalars(f"eval/{key}")] == [
+                (r["step"], pytest.approx(r[key], rel=1e-6)) for r in evals]
+        assert {"train/loss", "train/lr", "train/grad_norm"} <= set(acc.Tags()["scalars"])
+        (picture,) = acc.Images("pictures/weights")
+        assert (picture.step, picture.height, picture.width) == (6, 1, 3)
+
+
+def test_tensorboard_flag_without_tensorboard_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` raises ImportError
+    code, stdout, stderr = run_main(["--tensorboard", "--out", tmp_path / "x"])
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("error: --tensorboard needs the tensorboard package") and "[tensorboard]" in stderr
     assert not (tmp_path / "x").exists()
 
 
