@@ -247,8 +247,23 @@ def test_fast_path_equals_plain_path(variant, cost, normalize, input_dim):
     with torch.no_grad():
         sa.norm_inputs.weight.uniform_(0.5, 1.5)
         sa.norm_inputs.bias.uniform_(-0.5, 0.5)
-    x = torch.randn(3, 10, input_dim, dtype=torch.float64, requires_grad=True)
-    s0 = torch.randn(3, 4, 8, dtype=torch.float64)
+    _assert_fast_equals_plain(sa, torch.randn(3, 10, input_dim, dtype=torch.float64, requires_grad=True))
+
+
+@pytest.mark.parametrize("options", [dict(learn_mesh_lr=True), dict(warm_start_grad=True),
+                                     dict(straight_through=False, similarity_alpha=0.5),
+                                     dict(straight_through=False, mesh_objective="learned")],
+                         ids=["learned-lr", "warm-start-grad", "similarity", "learned-objective"])
+def test_fast_path_equals_plain_path_for_mesh_variants(options):
+    """The same for SA-MESH's appendix variants (their own autograd MESH steps) and the warm-start gradient."""
+    sa = make("sa-mesh", "l2", n_iters=2, ot=OTConfig(**options)).double()
+    _assert_fast_equals_plain(sa, torch.randn(3, 10, 6, dtype=torch.float64, requires_grad=True))
+
+
+def _assert_fast_equals_plain(sa, x):
+    """sa(x) from the same initial slots with ``sa.fast`` True and False: slots, plan and the gradients of a loss
+    of both (x and every parameter) agree up to float64 rounding."""
+    s0 = torch.randn(x.shape[0], sa.config.n_slots, sa.config.dim, dtype=torch.float64)
     params = [x] + list(sa.parameters())
     results = []
     for fast in (True, False):

@@ -14,6 +14,9 @@ Roles, per variant (SA, SA-SH, SA-EMD, SA-MESH):
                        matrix with one ``scipy.optimize.linear_sum_assignment`` per batch element. SA's is
                        the group's baseline ("baseline").
     "<variant>"        the default path: ``SlotAttention``'s fast iteration and the batched exact matching.
+Both paths share the OT kernels and the input-marginal network's autograd function (``_SetScalarMLP``), so the
+plain path is today's code of those, not a copy of their older versions. Each variant's two steps run back to
+back (pytest-benchmark runs roles one after the other: on a busy machine, load changes between roles show).
 The printed table gives each role's speed-up over the plain SA step ("vs base"), and in the note the time of
 each OT variant over SA's (both default, and both plain), and of each variant over its plain step. SA-MESH
 also runs with the plain PyTorch OT path ("sa-mesh torch") and with MESH's warm-start gradient ("sa-mesh wsg").
