@@ -52,19 +52,21 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-_RESULTS = {}  # group -> {role: (median seconds, note)}
+_RESULTS = {}  # group -> {role: (median seconds, note, roles to compare with)}
 
 
 @pytest.fixture
 def bench_record(benchmark):
-    """Call ``bench_record(role, note="")`` after ``benchmark(...)`` has run; the group is
-    ``benchmark.group``, which the test sets before running."""
+    """Call ``bench_record(role, note="", versus=())`` after ``benchmark(...)`` has run; the group is
+    ``benchmark.group``, which the test sets before running. ``versus`` names other roles of the group: the
+    summary adds this role's time over each of theirs to the note (e.g. SA-MESH's step over SA's, or a peer
+    library over ours)."""
 
-    def record(role, note=""):
+    def record(role, note="", versus=()):
         stats = getattr(benchmark, "stats", None)
         if stats is None:  # benchmarks disabled or skipped
             return
-        _RESULTS.setdefault(benchmark.group, {})[role] = (stats.stats.median, note)
+        _RESULTS.setdefault(benchmark.group, {})[role] = (stats.stats.median, note, tuple(versus))
 
     return record
 
@@ -81,6 +83,8 @@ def pytest_terminal_summary(terminalreporter):
         roles = _RESULTS[group]
         base = roles.get("naive", roles.get("baseline", (None, "")))[0]
         for role in sorted(roles, key=lambda r: (r != "ours", r not in ("naive", "baseline"), r)):
-            t, note = roles[role]
+            t, note, versus = roles[role]
             ratio = f"{base / t:8.2f}x" if base else f"{'':>9}"
+            note = ", ".join([note] * bool(note) + [f"{t / roles[r][0]:.2f}x the time of '{r}'"
+                                                    for r in versus if r in roles])
             tr.write_line(f"{group:<38} {role:<16} {t * 1e3:9.2f}ms {ratio}  {note}")

@@ -43,6 +43,11 @@ n_iters - 1 iterations run without gradient, and the last one starts from the de
 therefore reach the projections, GRU, MLP and marginal networks only through the last iteration, and the
 slot initialization (learned mean, std or vector, or slots passed in) gets none.
 
+Implementation: ``SlotAttention(fast=True)`` (the default) computes each iteration in the layout that is fast
+for small sets (``SlotAttention._attend``: costs and plans as (B, m, n), projections applied to the m slots
+instead of the n inputs); ``fast=False`` runs the formulas as written above (``_attend_plain``), the reference
+that the tests compare it with. Both give the same values and gradients up to rounding.
+
 Known limits: inputs must be float32 or float64 (the OT kernels' dtypes); "sa-emd" solves exact OT on
 the CPU and is slow, as in the paper, and needs the extension built with LEMON (``check_available``).
 """
@@ -375,11 +380,14 @@ class _SetScalarMLP(torch.autograd.Function):
     several times per step, which costs more than the attention itself. Here rows go in blocks of ``ROWS``
     per torch thread (a block's hidden layer stays in cache; with several threads each parallel operation
     gets that much work); the backward recomputes each block's layer h and, with gh = relu'(h) * w2 * g,
-    returns gx = gh W1, gW1 = gh^T x, gb1 = sum_rows gh, gw2 = relu(h)^T g.
+    returns gx = gh W1, gW1 = gh^T x, gb1 = sum_rows gh, gw2 = relu(h)^T g. Where the whole hidden layer has
+    at most ``KEEP`` entries (4 MiB in float32: the 64 x 105 inputs of Table 1 need 0.86 M), the forward keeps
+    it for the backward instead of recomputing it, which saves one of the backward's two or three products.
     Reference: the modules of ``_scalar_mlp`` applied one by one (the tests compare values and gradients).
     """
 
     ROWS = 2048
+    KEEP = 2**20
 
     @staticmethod
     def _blocks(n: int) -> range:
@@ -389,17 +397,19 @@ class _SetScalarMLP(torch.autograd.Function):
     def forward(ctx, x, w1, b1, w2):
         xf = x.reshape(-1, x.shape[-1])  # (B n, d)
         out = x.new_empty(xf.shape[0])
+        keep = xf.shape[0] * w1.shape[0] <= _SetScalarMLP.KEEP
+        act = x.new_empty(xf.shape[0], w1.shape[0]) if keep else None  # (B n, hidden): relu(h), kept
         blocks = _SetScalarMLP._blocks(xf.shape[0])
         for s in blocks:
             rows = slice(s, s + blocks.step)
-            h = torch.addmm(b1, xf[rows], w1.t()).relu_()  # (rows, hidden)
+            h = torch.addmm(b1, xf[rows], w1.t(), out=None if act is None else act[rows]).relu_()  # (rows, hidden)
             torch.mv(h, w2, out=out[rows])
-        ctx.save_for_backward(x, w1, b1, w2)
+        ctx.save_for_backward(x, w1, b1, w2, act)
         return out.view(x.shape[:-1])
 
     @staticmethod
     def backward(ctx, g):
-        x, w1, b1, w2 = ctx.saved_tensors
+        x, w1, b1, w2, kept = ctx.saved_tensors
         xf, gf = x.reshape(-1, x.shape[-1]), g.reshape(-1)
         gx = torch.empty_like(xf) if ctx.needs_input_grad[0] else None
         gw1, gb1, gw2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
@@ -407,14 +417,33 @@ class _SetScalarMLP(torch.autograd.Function):
         for s in blocks:
             rows = slice(s, s + blocks.step)
             xs, gs = xf[rows], gf[rows]
-            act = torch.addmm(b1, xs, w1.t()).relu_()  # (rows, hidden)
+            act = torch.addmm(b1, xs, w1.t()).relu_() if kept is None else kept[rows]  # (rows, hidden)
             gw2.addmv_(act.t(), gs)
-            gh = act.sign_().mul_(w2).mul_(gs[:, None])  # relu'(h) * w2 * g
+            gh = torch.ops.aten.threshold_backward(torch.outer(gs, w2), act, 0)  # relu'(h) * w2 * g
             gw1.addmm_(gh.t(), xs)
             gb1.add_(gh.sum(0))
             if gx is not None:
                 torch.mm(gh, w1, out=gx[rows])
         return (None if gx is None else gx.view(x.shape)), gw1, gb1, gw2
+
+
+class _Inputs(NamedTuple):
+    """The input side of :meth:`SlotAttention._attend`, computed once per forward call.
+
+    xhat: (B, n, input_dim) LN(x) without its affine. k, v: (B, n, dim) keys and values, or None where the
+    projection is applied on the slot side instead. key, value: the folded (weight (dim, input_dim), bias
+    (dim,)) of to_k and to_v (``SlotAttention._folded``). feats_eps: (B, 1, .) eps times the sum over the
+    inputs of what the plan averages (v, or xhat when v is None). logits: (B, n) the input-marginal
+    network's outputs, or None.
+    """
+
+    xhat: torch.Tensor
+    k: torch.Tensor | None
+    v: torch.Tensor | None
+    key: tuple[torch.Tensor, torch.Tensor]
+    value: tuple[torch.Tensor, torch.Tensor]
+    feats_eps: torch.Tensor
+    logits: torch.Tensor | None
 
 
 def _scalar_mlp(d_in: int, hidden: int) -> nn.Sequential:
@@ -431,15 +460,19 @@ class SlotAttention(nn.Module):
         slots, attn = sa(x)                  # x (B, n, input_dim)
         slots, attn = sa(x, slots=previous)  # video: start from the previous frame's slots
 
-    See the module docstring for the maths and the options.
+    See the module docstring for the maths and the options. ``fast`` (default True) picks the implementation
+    of each iteration's attention: :meth:`_attend`, laid out for speed, or False :meth:`_attend_plain`, the
+    formulas as written (the reference of the tests and the "before" of the benchmarks); both give the same
+    values and gradients up to rounding. It is an attribute, so ``sa.fast = False`` switches a built module.
     """
 
-    def __init__(self, config: SlotAttentionConfig):
+    def __init__(self, config: SlotAttentionConfig, fast: bool = True):
         super().__init__()
         if not isinstance(config, SlotAttentionConfig):
             raise ValueError(f"config must be a SlotAttentionConfig, got {type(config).__name__}")
         check_available(config.variant)
         self.config = config
+        self.fast = fast
         self._variant = ATTENTION_VARIANTS[config.variant]
         self._cost = COSTS[config.cost]
         self._init = SLOT_INITS[config.init]
@@ -515,31 +548,54 @@ class SlotAttention(nn.Module):
             logits = self.input_marginal(seen).squeeze(2)  # (B, n)
         return self._input_marginal(xn, logits), self._slot_marginal(self.norm_slots(slots))
 
-    def _input_projections(self, x: torch.Tensor):
-        """k, v (B, n, dim) and, with learned marginals, the marginal network's outputs h_a (B, n).
+    def _folded(self, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight (out, input_dim) and bias (out,) of ``linear`` applied to LN(x), as a map of xhat.
 
         With LN(x) = gamma * xhat + beta, a linear map of LN(x) is W LN(x) + c = xhat (W gamma)^T +
-        (W beta + c): the LayerNorm's affine is folded into the (small) weights. The values are those
-        of applying the modules one by one, but when x needs no gradient (raw inputs, as in the
-        random-objects task) no gradient of size (B, n, input_dim) is formed and pushed back through
-        the LayerNorm: the gradients of W, gamma and beta come from xhat^T times each output's gradient.
+        (W beta + c): the LayerNorm's affine is folded into the (small) weights.
         """
         ln = self.norm_inputs
-        xhat = F.layer_norm(x, ln.normalized_shape, eps=ln.eps)  # (B, n, input_dim), no affine
+        c = linear.weight @ ln.bias
+        return linear.weight * ln.weight, c if linear.bias is None else c + linear.bias
 
-        def folded(linear: nn.Linear) -> torch.Tensor:
-            c = linear.weight @ ln.bias
-            return F.linear(xhat, linear.weight * ln.weight, c if linear.bias is None else c + linear.bias)
-
+    def _normalized_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """xhat (B, n, input_dim), LN(x) without its affine, and, with learned marginals, the marginal
+        network's outputs h_a (B, n) (its first layer folded as :meth:`_folded` says)."""
+        ln = self.norm_inputs
+        # (B, n, input_dim), no affine: a unit weight and zero bias give the same bits, and torch's CPU kernel
+        # is faster with an affine than without one (300 against 480 us at 64 x 105 x 32, one thread)
+        xhat = F.layer_norm(x, ln.normalized_shape, x.new_ones(ln.normalized_shape), x.new_zeros(ln.normalized_shape),
+                            ln.eps)
         logits = None
         if self._variant.is_ot and self.config.ot.learned_marginals:
             first, last = self.input_marginal[0], self.input_marginal[2]
             if self.config.ot.marginal_input == "raw":
                 logits = _SetScalarMLP.apply(x, first.weight, first.bias, last.weight[0])  # (B, n)
             else:
-                logits = _SetScalarMLP.apply(xhat, first.weight * ln.weight, first.weight @ ln.bias + first.bias,
-                                             last.weight[0])  # (B, n)
-        return folded(self.to_k), folded(self.to_v), logits
+                logits = _SetScalarMLP.apply(xhat, *self._folded(first), last.weight[0])  # (B, n)
+        return xhat, logits
+
+    def _input_projections(self, x: torch.Tensor):
+        """k, v (B, n, dim) and, with learned marginals, the marginal network's outputs h_a (B, n).
+
+        The LayerNorm's affine is folded into the weights (:meth:`_folded`). The values are those of applying
+        the modules one by one, but when x needs no gradient (raw inputs, as in the random-objects task) no
+        gradient of size (B, n, input_dim) is formed and pushed back through the LayerNorm: the gradients of
+        W, gamma and beta come from xhat^T times each output's gradient.
+        """
+        xhat, logits = self._normalized_inputs(x)
+        return F.linear(xhat, *self._folded(self.to_k)), F.linear(xhat, *self._folded(self.to_v)), logits
+
+    def _fast_inputs(self, x: torch.Tensor) -> "_Inputs":
+        """What the iterations of the fast path read of the inputs (see :class:`_Inputs`)."""
+        cfg = self.config
+        xhat, logits = self._normalized_inputs(x)
+        key, value = self._folded(self.to_k), self._folded(self.to_v)
+        slot_side = cfg.input_dim <= cfg.dim  # a product with xhat costs no more than one with k or v
+        k = None if slot_side and cfg.cost == "dot" and not self._variant.is_ot else F.linear(xhat, *key)
+        v = None if slot_side else F.linear(xhat, *value)
+        feats = xhat if v is None else v  # (B, n, .): what the plan averages
+        return _Inputs(xhat, k, v, key, value, cfg.eps * feats.sum(1, keepdim=True), logits)
 
     def _check_inputs(self, x, slots) -> None:
         cfg = self.config
@@ -560,33 +616,98 @@ class SlotAttention(nn.Module):
             if slots.dtype != x.dtype or slots.device != x.device:
                 raise ValueError(f"slots ({slots.dtype}, {slots.device}) must match x ({x.dtype}, {x.device})")
 
-    def _iterate(self, slots, k, v, a, noise):
-        """One slot-attention iteration.
-
-        Args:
-            slots: (B, m, dim). k, v: (B, n, dim). a: (B, n) or None. noise: (B, n, m) or None.
-
-        Returns:
-            new slots (B, m, dim) and the plan (B, n, m).
-        """
+    def _plan(self, C, a, zn, noise):
+        """The variant's plan (B, n, m) from the costs C (B, n, m) (before ``cost_scale``), the input marginal
+        a (B, n) or None, the normalized slots zn (B, m, dim) (the slot marginal's input) and the noise."""
         cfg = self.config
-        B, m, d = slots.shape
-        zn = self.norm_slots(slots)
-        q = self.to_q(zn)  # (B, m, dim)
-        C = self._cost(k, q)  # (B, n, m): rows are inputs, columns are slots
         if cfg.ot.cost_scale != 1:
             C = C * cfg.ot.cost_scale
         b = self._slot_marginal(zn) if self._variant.is_ot else None  # (B, m)
         if self.mesh_variant is not None:  # App. B / App. I / learned step size
-            plan = self.mesh_variant(C, a, b, noise, zn)  # (B, n, m)
-        else:
-            plan = self._variant.plan(C, a, b, noise, cfg.ot)  # (B, n, m)
+            return self.mesh_variant(C, a, b, noise, zn)  # (B, n, m)
+        return self._variant.plan(C, a, b, noise, cfg.ot)  # (B, n, m)
+
+    def _attend_plain(self, zn, q, inp, a, noise):
+        """The slots' updates (B, m, dim) and the plan (B, n, m), written as the module docstring reads (rows
+        are inputs): the reference of :meth:`_attend` (``fast=False``), with ``inp`` the pair (k, v)."""
+        cfg = self.config
+        k, v = inp
+        plan = self._plan(self._cost(k, q), a, zn, noise)  # (B, n, m)
         if self._variant.is_ot and not cfg.ot.normalize_plan:
             weights = plan
         else:
             weights = plan + cfg.eps
             weights = weights / weights.sum(1, keepdim=True)  # (B, n, m): every column sums to 1
-        updates = torch.bmm(weights.transpose(1, 2), v)  # (B, m, dim)
+        return torch.bmm(weights.transpose(1, 2), v), plan  # (B, m, dim)
+
+    def _attend(self, zn, q, inp: "_Inputs", a, noise):
+        """:meth:`_attend_plain` in fewer and better-shaped operations (the same values up to rounding).
+
+        The slot-attention tensors are small (64 x 105 x 5 in Table 1), so the time goes to per-operation
+        overhead and to the layout of the operations rather than to arithmetic:
+        * costs and SA's plan are computed transposed, (B, m, n), with each slot's row over the inputs
+          contiguous: the product q k^T has 105 output columns instead of 5 (a fast matrix-product shape),
+          and SA's softmax over the slots becomes a softmax over dim 1, which runs vectorized over the
+          inputs (over a last dimension of size 5 it is several times slower). Every cost is symmetric in
+          its two arguments, so cost(q, k) is the transpose of cost(k, q); the OT kernels take the
+          (B, n, m) layout and get the transposed view (made contiguous once, inside the kernel call).
+        * projections move to the slot side (m rows instead of n) where ``inp`` has no k or v: with
+          k = xhat W_k'^T + c_k (:meth:`_folded`), SA's logits q.k_i = (W_k'^T q).xhat_i + q.c_k, and the
+          weighted mean of the values is the weighted mean of xhat mapped by (W_v', c_v), since the weights
+          of each slot sum to 1 (without normalization, the bias is weighted by the column sum instead).
+          SA's scale (-cost_scale / tau on the scaled dot product) is folded into q (B, m, dim).
+        * the normalization over the inputs is applied to the (B, m, .) result rather than to the plan:
+          sum_i (P_ij + eps) f_i / sum_i (P_ij + eps) = (P^T f + eps sum_i f_i)_j / (sum_i P_ij + n eps)
+          for the averaged features f (v or xhat), with ``inp.feats_eps`` = eps sum_i f_i (B, 1, .).
+
+        Args:
+            zn: (B, m, dim) normalized slots. q: (B, m, dim) queries. inp: :class:`_Inputs`.
+            a: (B, n) or None. noise: (B, n, m) or None.
+
+        Returns:
+            updates (B, m, dim) and the plan (B, n, m) (a transposed view).
+        """
+        cfg = self.config
+        if self._variant.is_ot:
+            C_t = self._cost(q, inp.k)  # (B, m, n): row j holds slot j's costs to every input
+            plan_t = self._plan(C_t.transpose(1, 2), a, zn, noise).transpose(1, 2)  # (B, m, n) view
+        else:
+            scale = cfg.ot.cost_scale / cfg.ot.tau
+            if inp.k is None:  # the scaled dot product, keys folded into the queries
+                q = q * (scale / math.sqrt(q.shape[2]))  # (B, m, dim)
+                w, c = inp.key
+                logits_t = torch.baddbmm((q @ c)[:, :, None], q @ w, inp.xhat.transpose(1, 2))  # (B, m, n)
+            elif cfg.cost == "dot":
+                logits_t = torch.bmm(q * (scale / math.sqrt(q.shape[2])), inp.k.transpose(1, 2))  # (B, m, n)
+            else:
+                logits_t = self._cost(q, inp.k) * -scale  # (B, m, n)
+            plan_t = torch.softmax(logits_t, dim=1)  # (B, m, n): every input distributes mass 1 over the slots
+        feats = inp.xhat if inp.v is None else inp.v  # (B, n, f)
+        if self._variant.is_ot and not cfg.ot.normalize_plan:
+            mean, mass = torch.bmm(plan_t, feats), plan_t.sum(2, keepdim=True)  # (B, m, f), (B, m, 1)
+            if inp.v is not None:
+                return mean, plan_t.transpose(1, 2)
+            w, c = inp.value
+            return torch.addcmul(F.linear(mean, w), mass, c), plan_t.transpose(1, 2)
+        mass = plan_t.sum(2, keepdim=True) + feats.shape[1] * cfg.eps  # (B, m, 1)
+        mean = torch.baddbmm(inp.feats_eps, plan_t, feats) / mass  # (B, m, f): weighted mean over the inputs
+        return (mean if inp.v is not None else F.linear(mean, *inp.value)), plan_t.transpose(1, 2)
+
+    def _iterate(self, slots, inp, a, noise):
+        """One slot-attention iteration.
+
+        Args:
+            slots: (B, m, dim). inp: :class:`_Inputs` (fast path) or (k, v), each (B, n, dim) (plain path).
+            a: (B, n) or None. noise: (B, n, m) or None.
+
+        Returns:
+            new slots (B, m, dim) and the plan (B, n, m).
+        """
+        B, m, d = slots.shape
+        zn = self.norm_slots(slots)
+        q = self.to_q(zn)  # (B, m, dim)
+        attend = self._attend if self.fast else self._attend_plain
+        updates, plan = attend(zn, q, inp, a, noise)  # (B, m, dim), (B, n, m)
         slots = self.gru(updates.reshape(B * m, d), slots.reshape(B * m, d)).reshape(B, m, d)
         slots = slots + self.mlp(self.norm_mlp(slots))
         return slots, plan
@@ -616,7 +737,12 @@ class SlotAttention(nn.Module):
         """``forward`` after the input checks: x (B, n, input_dim), slots (B, n_slots, dim) or None."""
         cfg = self.config
         B, n, _ = x.shape
-        k, v, logits = self._input_projections(x)  # (B, n, dim) each: to_k, to_v of LN(x); (B, n) or None
+        if self.fast:
+            inp = self._fast_inputs(x)
+            logits = inp.logits
+        else:
+            k, v, logits = self._input_projections(x)  # (B, n, dim) each: to_k, to_v of LN(x); (B, n) or None
+            inp = k, v
         a = self._input_marginal(x, logits) if self._variant.is_ot else None  # (B, n)
         noise = torch.randn(B, n, cfg.n_slots, device=x.device, dtype=x.dtype) if self._variant.needs_noise else None
         if slots is None:
@@ -627,9 +753,9 @@ class SlotAttention(nn.Module):
         if cfg.implicit_grad:
             with torch.no_grad():
                 for _ in range(cfg.n_iters - 1):
-                    slots, _ = self._iterate(slots, k, v, a, noise)
+                    slots, _ = self._iterate(slots, inp, a, noise)
             slots = slots.detach()
         else:
             for _ in range(cfg.n_iters - 1):
-                slots, _ = self._iterate(slots, k, v, a, noise)
-        return self._iterate(slots, k, v, a, noise)
+                slots, _ = self._iterate(slots, inp, a, noise)
+        return self._iterate(slots, inp, a, noise)

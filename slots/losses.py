@@ -6,8 +6,8 @@ matching between predicted and target elements (the Hungarian algorithm,
 error (``hungarian_mse_loss``, random objects) or the Huber loss (``hungarian_huber_loss``, CLEVR, as
 Locatello et al. (2020) train set prediction); the matching minimizes the same error.
 The pairwise costs are computed for the whole batch at once in torch; only the assignment itself runs on
-the CPU, one small problem per batch element. Gradients flow through the matched costs; the matching
-itself is piecewise constant and carries none.
+the CPU. Gradients flow through the matched costs; the matching itself is piecewise constant and carries
+none.
 
 Padded targets (CLEVR has up to ten objects per scene) are excluded with a presence mask: they take no
 part in the matching and add nothing to the loss. Predictions left unmatched (more slots than present
@@ -15,9 +15,17 @@ targets) add nothing either. To train a "this slot is empty" output as Locatello
 do, pad the targets with an explicit absent-object vector instead and pass no mask, so that every slot is
 matched.
 
-Known limits: the assignment is a Python loop over the batch (fine for the tens of elements per set of
+The assignment of small sets (at most ``EXHAUSTIVE_MAX`` one-to-one maps, e.g. the 5 x 5 problems of the
+random-objects task) tries every map for the whole batch at once in numpy; larger ones (CLEVR's 10 x 10)
+call scipy per batch element. The loss's gradient is formed for the matched pairs only.
+
+Known limits: the scipy path is a Python loop over the batch (fine for the tens of elements per set of
 the paper's tasks; it is not meant for sets of thousands of elements).
 """
+import functools
+import itertools
+import math
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -101,8 +109,58 @@ def pairwise_huber(pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0)
     return (quadratic * (diff - quadratic / 2)).mean(3)  # d^2/2 inside, delta (|d| - delta/2) outside
 
 
+# Exhaustive search is used where it visits at most this many assignments (m! / (m - k)!: 120 for Table 1's
+# 5 x 5 problems, 720 for 6 x 6); beyond, scipy's Hungarian algorithm per batch element.
+EXHAUSTIVE_MAX = 720
+
+
+@functools.lru_cache(maxsize=None)
+def _injections(k: int, m: int) -> np.ndarray:
+    """Every one-to-one map of k targets to m >= k predictions: (m! / (m - k)!, k) int64, row p maps target i
+    to prediction [p, i]."""
+    maps = np.array(list(itertools.permutations(range(m), k)), dtype=np.int64).reshape(-1, k)
+    maps.setflags(write=False)  # shared by every call (cached)
+    return maps
+
+
+def _assign_exhaustive(cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Least-cost assignment of every batch element at once by trying every one-to-one map (small k, m).
+
+    Absent targets get cost 0 on every prediction, so they do not change which map is best for the present
+    ones. Among maps of equal total cost the first in ``_injections``' order is returned (scipy may return
+    another one of the same cost).
+
+    Args:
+        cost: (B, k, m) float64, rows are targets. mask: (B, k) bool, True for present targets.
+
+    Returns:
+        (B, k) int64: the prediction matched to each target, -1 for absent targets.
+    """
+    k = cost.shape[1]
+    maps = _injections(k, cost.shape[2])  # (P, k)
+    cost = np.where(mask[:, :, None], cost, 0.0)
+    totals = cost[:, np.arange(k), maps].sum(2)  # (B, P): the total cost of every map
+    out = maps[totals.argmin(1)]  # (B, k)
+    out[~mask] = -1
+    return out
+
+
+def _assign_hungarian(cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """As :func:`_assign_exhaustive`, one ``scipy.optimize.linear_sum_assignment`` per batch element."""
+    out = np.full(mask.shape, -1, dtype=np.int64)
+    for b in range(cost.shape[0]):
+        rows = np.nonzero(mask[b])[0]
+        if rows.size == 0:
+            continue
+        r, c = linear_sum_assignment(cost[b, rows])
+        out[b, rows[r]] = c
+    return out
+
+
 def _assign(cost: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Least-cost assignment of present targets to predictions.
+    """Least-cost assignment of present targets to predictions: exhaustive search over every one-to-one map
+    for the whole batch at once where there are at most ``EXHAUSTIVE_MAX`` of them, else scipy's Hungarian
+    algorithm per batch element. Both are exact; they may pick different matchings of equal cost (ties).
 
     Args:
         cost: (B, k, m) costs, rows are targets, columns are predictions.
@@ -116,13 +174,9 @@ def _assign(cost: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if not np.isfinite(cost_np).all():
         b = int(np.nonzero(~np.isfinite(cost_np).reshape(len(cost_np), -1).all(1))[0][0])
         raise ValueError(f"matching costs contain NaN or Inf (batch element {b}); check pred and target")
-    out = np.full(mask_np.shape, -1, dtype=np.int64)
-    for b in range(cost_np.shape[0]):
-        rows = np.nonzero(mask_np[b])[0]
-        if rows.size == 0:
-            continue
-        r, c = linear_sum_assignment(cost_np[b, rows])
-        out[b, rows[r]] = c
+    k, m = cost_np.shape[1:]
+    small = k <= m and math.perm(m, k) <= EXHAUSTIVE_MAX
+    out = (_assign_exhaustive if small else _assign_hungarian)(cost_np, mask_np)
     return torch.from_numpy(out).to(cost.device)
 
 
@@ -152,7 +206,7 @@ def hungarian_mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     """Hungarian-matched mean squared error between two sets (App. F.1).
 
     Every (target, prediction) pair gets its MSE over the D features; the least-cost matching is found
-    per batch element with ``scipy.optimize.linear_sum_assignment``; the loss is the mean of the matched
+    for every batch element (exactly: see :func:`_assign`); the loss is the mean of the matched
     pairs' MSEs. Gradients reach ``pred`` (and ``target``) through the matched pairs.
 
     Args:
@@ -194,9 +248,12 @@ def _matched_mean(pairwise, pred, target, mask, reduction: str) -> torch.Tensor:
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     mask = _check_sets(pred, target, mask)
-    cost = pairwise(pred, target)  # (B, k, m): rows are targets, columns are predictions
-    idx = _assign(cost, mask)  # (B, k)
-    matched = cost.gather(2, idx.clamp_min(0)[:, :, None]).squeeze(2)  # (B, k)
+    with torch.no_grad():
+        idx = _assign(pairwise(pred, target), mask)  # (B, k); costs (B, k, m): rows are targets
+    B, k, D = target.shape
+    # the cost of each matched pair alone, with gradient: pairwise on B k sets of one element each
+    paired = pred.gather(1, idx.clamp_min(0)[:, :, None].expand(B, k, D))  # (B, k, D)
+    matched = pairwise(paired.reshape(B * k, 1, D), target.reshape(B * k, 1, D)).view(B, k)
     matched = torch.where(mask, matched, torch.zeros_like(matched))
     counts = mask.sum(1)  # (B,)
     if reduction == "none":

@@ -59,7 +59,7 @@ from slots.train import (METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, CheckpointEr
 from .pool import cores, run_jobs
 
 __all__ = ["Metric", "Budget", "Task", "Experiment", "run", "format_table", "build_parser", "experiment_from_args",
-           "main", "require_one_batch", "BACKENDS"]
+           "main", "require_one_batch", "schedule", "BACKENDS"]
 
 BACKENDS = ("auto", *kernels.BACKENDS)
 
@@ -144,6 +144,8 @@ class Task:
             ``tasks.runs.load_run`` rebuilds a run's model from the configuration stored with it.
         load_train_eval: optional ``(cfg, seed) -> data``: the training data in the form ``evaluate`` takes,
             for a task whose ``load_train`` gives another form (None: ``load_train``'s data is evaluated).
+        step_cost: optional {variant: measured time of one training step, in any unit}: parallel runs start
+            the costliest first (:func:`schedule`).
     """
 
     name: str
@@ -174,6 +176,7 @@ class Task:
     paper_time: Callable[[Any], Mapping[str, float]] | None = None
     model_kind: str | None = None
     load_train_eval: Callable[[Any, int], Any] | None = None
+    step_cost: Mapping[str, float] | None = None
 
     @property
     def headline(self) -> Metric:
@@ -318,6 +321,20 @@ def _resolve_jobs(exp: Experiment, n_pending: int) -> int:
     return max(1, min(cores(), n_pending))
 
 
+def schedule(task: Task, runs: list) -> list:
+    """The order in which the parallel runner starts ``runs``, (variant, seed) pairs.
+
+    Each process takes the next run when it is free, so starting the costliest runs first (by
+    ``task.step_cost``: all runs of an experiment train the same number of steps) is longest-processing-time
+    list scheduling: the processes end at about the same time, and the last run to start is a cheap one.
+    Without a measured cost, and between equal ones, the variants listed last start first (in the paper's
+    tables they are the slowest); then by seed.
+    """
+    order = list(task.variants)[::-1]
+    cost = task.step_cost or {}
+    return sorted(runs, key=lambda run: (-cost.get(run[0], 0.0), order.index(run[0]), run[1]))
+
+
 def _train_parallel(task: Task, exp: Experiment, pending: list, jobs: int) -> dict:
     if dist_info()[1] > 1:
         raise ValueError("jobs > 1 cannot be combined with torchrun; use one or the other")
@@ -385,8 +402,7 @@ def _run_locked(task: Task, exp: Experiment) -> dict:
     test = task.load_test(exp.config)
     results = {run: r for run, r in reuse.items() if r is not None}
     pending = [run for run in runs if reuse[run] is None]
-    order = list(task.variants)[::-1]  # the variants listed last are the slowest: start them first
-    pending.sort(key=lambda run: (order.index(run[0]), run[1]))
+    pending = schedule(task, pending)
     jobs = _resolve_jobs(exp, len(pending))
     if jobs > 1:
         results.update(_train_parallel(task, exp, pending, jobs))

@@ -332,6 +332,10 @@ def _options_from_args(args) -> dict:
     return options
 
 
+# One training step's time relative to SA's (tests/tasks/test_bench_random_objects.py, the default path, mean of two
+# runs on the 2-core CPU machine; BENCHMARKS.md): parallel runs start the costliest first (``tasks.runner.schedule``).
+STEP_COST = {"sa": 1.0, "sa-sh": 2.5, "sa-emd": 4.0, "sa-mesh": 3.5}
+
 TASK = Task(
     name="random_objects", config=RandomObjectsConfig, variants=VARIANT_NAMES, default_variants=VARIANTS,
     load_train=_load_train, load_test=_load_test, build=_build, loss=_loss, evaluate=_evaluate,
@@ -339,7 +343,7 @@ TASK = Task(
     paper_label="Table 1, median of 5 seeds", budgets=BUDGETS, default_budget="paper", describe=_describe,
     aggregate="median", baselines=_baselines, model_config=_model_config,
     validate=require_one_batch, add_arguments=_add_arguments, options_from_args=_options_from_args,
-    plot_file="rmse_vs_steps.png", model_kind="random_objects_model")
+    plot_file="rmse_vs_steps.png", model_kind="random_objects_model", step_cost=STEP_COST)
 
 
 def format_table(summary: dict) -> str:

@@ -8,8 +8,11 @@ For each shape (B, n, m) in SHAPES, float32, in one run:
                        P.backward(grad_P) (the straight-through gradient reaches C)
 each against the naive baseline of kernels/reference.py ("naive": autograd through the unrolled
 log-domain Sinkhorn, and for MESH ``torch.autograd.grad`` of the entropy at every step, as written from
-Eq. 11-12) and, for Sinkhorn, POT's log-domain Sinkhorn on the same torch tensors, one problem at a time
-("pot": POT has no batched log-domain solver with a separate cost matrix per problem).
+Eq. 11-12) and, for Sinkhorn, POT on the same torch tensors: "pot batch", the peer, is POT's batched solver
+``ot.batch.solve_batch`` (log-domain Sinkhorn, one cost matrix per problem, torch backend, the same number of
+iterations, ``tol=0``; the forward with ``grad="detach"``, forward+backward with ``grad="autodiff"``), and
+"pot" is POT's log-domain ``ot.sinkhorn`` one problem at a time. The note of "pot batch" gives its time
+over ours.
 The role "ours" is the default CPU path (the fused C++ loops of kernels/cpp_ot.py); "torch" is the plain
 PyTorch path (``backend="torch"``, kernels/torch_ot.py). In the SA-MESH group, "ours wsg" / "naive wsg" add
 MESH's warm-start gradient (``warm_start_grad=True``; naive: autograd through
@@ -30,6 +33,7 @@ import warnings
 import ot as pot
 import pytest
 import torch
+from ot.batch import solve_batch
 
 from kernels import mesh, sinkhorn
 from kernels.reference import mesh_official_ref, mesh_ref, sinkhorn_ref
@@ -111,6 +115,21 @@ def _pot_fwd_bwd(C, a, b, gP):
     return C.grad
 
 
+def _pot_batch(C, a, b, grad):
+    return solve_batch(C, reg=1.0, a=a, b=b, max_iter=N_ITERS, tol=0.0, method="log_sinkhorn", grad=grad).plan
+
+
+def _pot_batch_fwd(C, a, b):
+    with torch.no_grad():
+        return _pot_batch(C, a, b, "detach")
+
+
+def _pot_batch_fwd_bwd(C, a, b, gP):
+    C = C.detach().requires_grad_(True)
+    _pot_batch(C, a, b, "autodiff").backward(gP)
+    return C.grad
+
+
 def _mesh_fwd(impl, C, a, b, noise):
     with torch.no_grad():
         return impl(C, a, b, N_MESH, N_ITERS, noise=noise)[0]
@@ -167,7 +186,8 @@ MESH_ROLES = {"ours": mesh, "naive": mesh_ref, "torch": functools.partial(mesh, 
               "ours wsg": functools.partial(mesh, warm_start_grad=True), "naive wsg": _official_ref}
 
 
-CPU_CASES = [(kind, role) for kind in ("sinkhorn fwd", "sinkhorn fwd+bwd") for role in ("ours", "naive", "torch", "pot")]
+SINKHORN_CPU_ROLES = ("ours", "naive", "torch", "pot batch", "pot")
+CPU_CASES = [(kind, role) for kind in ("sinkhorn fwd", "sinkhorn fwd+bwd") for role in SINKHORN_CPU_ROLES]
 CPU_CASES += [("mesh fwd", role) for role in ("ours", "naive", "torch")]
 CPU_CASES += [("sa-mesh", role) for role in ("ours", "naive", "torch", "ours wsg", "naive wsg")]
 GROUPS = {"sinkhorn fwd": "sinkhorn fwd", "sinkhorn fwd+bwd": "sinkhorn fwd+bwd", "mesh fwd": "mesh fwd",
@@ -182,11 +202,15 @@ def test_bench_cpu(benchmark, bench_record, kind, role, shape):
     C, a, b, noise, gP = problem = _problem(shape)
     if role == "pot":
         work = (lambda: _pot_fwd(C, a, b)) if kind == "sinkhorn fwd" else (lambda: _pot_fwd_bwd(C, a, b, gP))
+    elif role == "pot batch":
+        work = ((lambda: _pot_batch_fwd(C, a, b)) if kind == "sinkhorn fwd" else
+                (lambda: _pot_batch_fwd_bwd(C, a, b, gP)))
     else:
         work = functools.partial(_compute, kind, SINKHORN_ROLES[role], MESH_ROLES[role], *problem)
     out = _run(benchmark, work, shape, slow=role in ("naive", "naive wsg", "pot"))
     note = NOTES.get(kind, "POT: column step first" if role == "pot" else "")
-    bench_record(role, note + (", warm-start gradient" if "wsg" in role else ""))
+    bench_record(role, note + (", warm-start gradient" if "wsg" in role else ""),
+                 versus=["ours"] if role == "pot batch" else [])
     if role == "pot":  # POT iterates columns first (another unrolled function): its last step meets the rows
         assert torch.isfinite(out).all() and (kind != "sinkhorn fwd" or torch.allclose(out.sum(2), a))
     else:

@@ -237,6 +237,58 @@ def test_gradcheck_float64(variant, cost):
     assert torch.autograd.gradcheck(lambda x: sa(x, slots=s0)[0], (x,), eps=1e-6, atol=1e-5)
 
 
+FAST_CASES = [(v, c, norm) for v, c in itertools.product(VARIANTS, sorted(COSTS)) for norm in (True, False)
+              if v != "sa" or norm]
+
+
+@pytest.mark.parametrize("input_dim", [6, 11], ids=["slot-side", "input-side"])
+@pytest.mark.parametrize("variant,cost,normalize", FAST_CASES)
+def test_fast_path_equals_plain_path(variant, cost, normalize, input_dim):
+    """SlotAttention's fast iteration (transposed layout; with input_dim <= dim, the projections of the
+    inputs applied on the slot side) gives the plain path's slots, plan and gradients (inputs, every
+    parameter) up to float64 rounding, with a cost scale and temperature that the fast path folds into the
+    queries, the plan normalized over the inputs or not, and gradient through every iteration."""
+    ot = OTConfig(cost_scale=1.5, tau=0.7, normalize_plan=normalize,
+                  marginal_input="raw" if normalize else "normalized")
+    sa = make(variant, cost, input_dim=input_dim, n_iters=2, ot=ot).double()
+    with torch.no_grad():
+        sa.norm_inputs.weight.uniform_(0.5, 1.5)
+        sa.norm_inputs.bias.uniform_(-0.5, 0.5)
+    _assert_fast_equals_plain(sa, torch.randn(3, 10, input_dim, dtype=torch.float64, requires_grad=True))
+
+
+@pytest.mark.parametrize("options", [dict(learn_mesh_lr=True), dict(warm_start_grad=True),
+                                     dict(straight_through=False, similarity_alpha=0.5),
+                                     dict(straight_through=False, mesh_objective="learned")],
+                         ids=["learned-lr", "warm-start-grad", "similarity", "learned-objective"])
+def test_fast_path_equals_plain_path_for_mesh_variants(options):
+    """The same for SA-MESH's appendix variants (their own autograd MESH steps) and the warm-start gradient."""
+    sa = make("sa-mesh", "l2", n_iters=2, ot=OTConfig(**options)).double()
+    _assert_fast_equals_plain(sa, torch.randn(3, 10, 6, dtype=torch.float64, requires_grad=True))
+
+
+def _assert_fast_equals_plain(sa, x):
+    """sa(x) from the same initial slots with ``sa.fast`` True and False: slots, plan and the gradients of a loss
+    of both (x and every parameter) agree up to float64 rounding."""
+    s0 = torch.randn(x.shape[0], sa.config.n_slots, sa.config.dim, dtype=torch.float64)
+    params = [x] + list(sa.parameters())
+    results = []
+    for fast in (True, False):
+        sa.fast = fast
+        torch.manual_seed(1)  # the same MESH noise
+        slots, attn = sa(x, slots=s0)
+        loss = slots.sin().sum() + (attn * torch.linspace(0, 1, attn.numel()).view_as(attn)).square().sum()
+        results.append((slots, attn, torch.autograd.grad(loss, params, allow_unused=True)))
+    (slots, attn, grads), (slots_ref, attn_ref, grads_ref) = results
+    torch.testing.assert_close(slots, slots_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(attn, attn_ref, rtol=1e-10, atol=1e-10)
+    for (name, _), g, g_ref in zip([("x", x)] + list(sa.named_parameters()), grads, grads_ref):
+        assert (g is None) == (g_ref is None), name
+        if g is not None:
+            torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10, msg=name)
+    assert grads[0].abs().sum() > 0
+
+
 @pytest.mark.parametrize("learned", [True, False])
 def test_marginal_scale_sets_the_mass_of_both_marginals(learned):
     x, s = torch.randn(3, 17, 6), torch.randn(3, 5, 8)
@@ -382,9 +434,12 @@ def test_folded_input_projections_equal_the_modules(learned, x_grad, monkeypatch
             torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("keep", [0, 2**20], ids=["recompute", "keep"])
 @pytest.mark.parametrize("rows", [3, 2048])
-def test_set_scalar_mlp_gradcheck_float64(rows, monkeypatch):
+def test_set_scalar_mlp_gradcheck_float64(rows, keep, monkeypatch):
+    """The hand-written backward, in row blocks, with the hidden layer recomputed or kept from the forward."""
     monkeypatch.setattr(_SetScalarMLP, "ROWS", rows)
+    monkeypatch.setattr(_SetScalarMLP, "KEEP", keep)
     torch.manual_seed(0)
     x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
     w1 = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)

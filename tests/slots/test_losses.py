@@ -1,12 +1,13 @@
 """Tests of slots.losses against brute-force matching over all permutations."""
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
 import torch.nn.functional as F
 
-from slots import hungarian_huber_loss, hungarian_match, hungarian_mse_loss, pairwise_huber, pairwise_mse
+from slots import hungarian_huber_loss, hungarian_match, hungarian_mse_loss, losses, pairwise_huber, pairwise_mse
 
 
 def _mse(t, p):
@@ -38,8 +39,11 @@ def test_pairwise_mse_entries():
         pairwise_mse(pred, torch.randn(2, 5, 4))
 
 
+@pytest.mark.parametrize("exhaustive", [True, False], ids=["exhaustive", "scipy"])
 @pytest.mark.parametrize("m,k", [(5, 5), (6, 4)])
-def test_matches_brute_force(m, k):
+def test_matches_brute_force(m, k, exhaustive, monkeypatch):
+    if not exhaustive:
+        monkeypatch.setattr(losses, "EXHAUSTIVE_MAX", 0)  # every shape takes scipy's path
     torch.manual_seed(0)
     pred, target = torch.randn(6, m, 3, dtype=torch.float64), torch.randn(6, k, 3, dtype=torch.float64)
     mask = torch.rand(6, k) > 0.3
@@ -54,6 +58,44 @@ def test_matches_brute_force(m, k):
     for b, mp in enumerate(maps):
         for i in range(k):
             assert int(idx[b, i]) == (mp[i] if mask[b, i] else -1)
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+@pytest.mark.parametrize("k,m", [(5, 5), (4, 6), (6, 6), (1, 3)])
+def test_exhaustive_assignment_equals_scipy(k, m, ties):
+    """The batched exhaustive search and scipy's per-element Hungarian algorithm find matchings of equal total
+    cost, on random costs (the same matching: no ties) and on costs from {0, 1, 2} with absent targets
+    (many ties: any optimal matching will do)."""
+    rng = np.random.default_rng(k * 10 + m)
+    B = 300
+    cost = rng.integers(0, 3, (B, k, m)).astype(np.float64) if ties else rng.random((B, k, m))
+    mask = rng.random((B, k)) > 0.3 if ties else np.ones((B, k), dtype=bool)
+    mask[0] = False  # an element without present targets
+    ours, ref = losses._assign_exhaustive(cost, mask), losses._assign_hungarian(cost, mask)
+    assert (ours[~mask] == -1).all() and (ref[~mask] == -1).all()
+    for out in (ours, ref):  # one-to-one on the present targets
+        assert all(len(set(row[row >= 0])) == (row >= 0).sum() for row in out)
+
+    def total(idx):
+        return np.where(mask, np.take_along_axis(cost, np.maximum(idx, 0)[:, :, None], 2)[:, :, 0], 0).sum(1)
+
+    np.testing.assert_allclose(total(ours), total(ref), rtol=0, atol=1e-12)
+    if not ties:
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_assign_picks_scipy_beyond_the_exhaustive_limit(monkeypatch):
+    """Sets with more one-to-one maps than EXHAUSTIVE_MAX (CLEVR's 10 x 10), or more targets than predictions,
+    go to scipy; smaller ones to the exhaustive search."""
+    calls = []
+    for name in ("_assign_exhaustive", "_assign_hungarian"):
+        real = getattr(losses, name)
+        monkeypatch.setattr(losses, name, lambda c, mk, real=real, name=name: calls.append(name) or real(c, mk))
+    for k, m in [(5, 5), (10, 10), (7, 5)]:
+        mask = torch.zeros(2, k, dtype=torch.bool)
+        mask[:, :min(k, m)] = True
+        losses._assign(torch.rand(2, k, m), mask)
+    assert calls == ["_assign_exhaustive", "_assign_hungarian", "_assign_hungarian"]
 
 
 def test_permuted_target_gives_zero_and_gradient_is_exact():

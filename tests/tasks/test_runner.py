@@ -378,3 +378,31 @@ def test_workers_end_when_the_parent_is_killed():
     for w in orphans:  # leave nothing behind when the test fails
         os.kill(w, signal.SIGKILL)
     assert not orphans
+
+
+def _pool_end_times(costs: list[float], workers: int) -> list[float]:
+    """When each of ``workers`` processes ends if each takes the next job of ``costs`` as soon as it is free."""
+    ends = [0.0] * workers
+    for c in costs:
+        ends[ends.index(min(ends))] += c
+    return ends
+
+
+def test_schedule_starts_the_costliest_runs_first():
+    """With measured step costs the runs start costliest first (then by seed), and two processes that each
+    take the next run when free end Table 1's four runs as early as the best split of them allows; without
+    costs the variants listed last start first."""
+    from tasks.random_objects.experiment import TASK
+
+    runs = [(v, s) for v in TASK.variants for s in range(2)]
+    assert runner.schedule(dataclasses.replace(TASK, step_cost=None), runs)[:3] == [
+        ("sa-mesh", 0), ("sa-mesh", 1), ("sa-emd", 0)]
+    cost = {"sa": 1.0, "sa-sh": 1.9, "sa-emd": 3.5, "sa-mesh": 2.4}
+    order = runner.schedule(dataclasses.replace(TASK, step_cost=cost), runs[::-1])
+    assert [cost[v] for v, _ in order] == sorted((cost[v] for v, _ in runs), reverse=True)
+    assert [s for v, s in order if v == "sa"] == [0, 1]
+    one_seed = runner.schedule(dataclasses.replace(TASK, step_cost=cost), [(v, 0) for v in TASK.variants])
+    ends = _pool_end_times([cost[v] for v, _ in one_seed], 2)
+    best = min(max(sum(cost[v] for v in part), sum(cost.values()) - sum(cost[v] for v in part))
+               for part in (("sa-emd",), ("sa-emd", "sa"), ("sa-emd", "sa-sh"), ("sa-emd", "sa-mesh")))
+    assert max(ends) == pytest.approx(best)
