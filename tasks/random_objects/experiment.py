@@ -31,7 +31,7 @@ from .data import make_split
 from .model import HEADS, ModelConfig, RandomObjectsModel
 
 __all__ = ["RandomObjectsConfig", "PAPER_TABLE1", "VARIANTS", "TASK", "BUDGETS", "format_table", "ideal_routing_rmse",
-           "IDEAL_ROUTING", "background_mass", "plan_entropy"]
+           "IDEAL_ROUTING", "background_mass", "plan_entropy", "setup_label"]
 
 VARIANT_NAMES = {"sa": "SA", "sa-sh": "SA-SH", "sa-emd": "SA-EMD", "sa-mesh": "SA-MESH"}
 VARIANTS = tuple(VARIANT_NAMES)
@@ -260,10 +260,29 @@ def _model_config(cfg: RandomObjectsConfig, variant: str) -> dict:
     return cfg.model(variant).to_dict()
 
 
+def setup_label(cfg: RandomObjectsConfig, budget: Budget) -> str:
+    """The set-up in a few words: the read-out, the initial slots' scale, MESH's step size, the cost and
+    marginals where they are not the official code's, and the optimizer schedule."""
+    parts = ["slots compared with the objects" if cfg.head == "none" else "a linear read-out of the slots",
+             f"initial slots x{cfg.slot_init_scale:g}" if cfg.slot_init_scale != "sigma" else "initial slots x sigma",
+             f"MESH step {cfg.mesh_lr:g}" + (" (learned)" if cfg.learn_mesh_lr else "")]
+    if cfg.cost is not None:
+        parts.append(f"OT cost {cfg.cost}")
+    if not cfg.learned_marginals:
+        parts.append("uniform marginals")
+    elif cfg.marginal_input != "normalized":
+        parts.append(f"marginal network on the {cfg.marginal_input} inputs")
+    if not cfg.normalize_plan:
+        parts.append("raw plan")
+    warmup = min(1_000, budget.steps // 20) if budget.warmup_steps is None else budget.warmup_steps
+    parts.append(f"Adam {budget.lr:g}, {warmup:,} warm-up steps, clipping at {budget.grad_clip:g}")
+    return ", ".join(parts)
+
+
 def _describe(cfg: RandomObjectsConfig, budget: Budget, seeds: int) -> str:
-    return (f"Random objects detection, sigma = {cfg.sigma:g}: normalized Hungarian RMSE on {cfg.n_test:,} test "
-            f"examples (lower is better; the same test set for every seed); {budget.steps:,} steps of batch "
-            f"{budget.batch_size}, median over {seeds} seed(s).")
+    return (f"Random objects detection, sigma = {cfg.sigma:g} (set-up: {setup_label(cfg, budget)}): normalized "
+            f"Hungarian RMSE on {cfg.n_test:,} test examples (lower is better; the same test set for every seed); "
+            f"{budget.steps:,} steps of batch {budget.batch_size}, median over {seeds} seed(s).")
 
 
 def _add_arguments(p, steps_group) -> None:

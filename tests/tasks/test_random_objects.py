@@ -527,3 +527,21 @@ def test_plan_entropy_of_uniform_and_one_hot_columns():
     one_hot = torch.zeros(2, 105, 5)
     one_hot[:, :5, :] = torch.eye(5)
     assert torch.allclose(experiment.plan_entropy(one_hot), torch.zeros(2), atol=1e-6)
+
+
+def test_table_names_the_set_up_in_its_first_line():
+    from tasks.random_objects.experiment import setup_label
+
+    paper = BUDGETS["paper"]
+    label = setup_label(RandomObjectsConfig(), paper)
+    default = RandomObjectsConfig()
+    assert label.startswith("slots compared with the objects, ")
+    assert f"initial slots x{default.slot_init_scale:g}" in label and f"MESH step {default.mesh_lr:g}" in label
+    assert label.endswith("Adam 0.0004, 10,000 warm-up steps, clipping at 0.1")
+    other = setup_label(RandomObjectsConfig(slot_init_scale="sigma", mesh_lr=2.0, cost="l2sq", marginal_input="raw",
+                                            normalize_plan=False, head="linear"), paper)
+    assert other.startswith("a linear read-out of the slots, initial slots x sigma, MESH step 2, OT cost l2sq, "
+                            "marginal network on the raw inputs, raw plan")
+    assert "uniform marginals" in setup_label(RandomObjectsConfig(learned_marginals=False), paper)
+    describe = experiment.TASK.describe(default, paper, 5)
+    assert describe.startswith(f"Random objects detection, sigma = 0.01 (set-up: {label}): ")
