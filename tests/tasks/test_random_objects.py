@@ -452,7 +452,7 @@ def test_search_options_reach_the_model_from_the_command_line():
     by_sigma = config_from_args(parse(["--slot-init-scale", "sigma", "--sigma", "0.1", "--out", "o"])).config
     assert by_sigma.model("sa").init_scale == 0.1
     default = RandomObjectsConfig().model("sa-mesh")
-    assert (default.init_scale, default.cost, default.ot.mesh_lr, default.ot.marginal_input) == (1.0, "l2", 8.0,
+    assert (default.init_scale, default.cost, default.ot.mesh_lr, default.ot.marginal_input) == (0.01, "l2", 1.0,
                                                                                                  "normalized")
 
 

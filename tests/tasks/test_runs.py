@@ -6,6 +6,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from slots.checkpoint import save_checkpoint
 from slots.train import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from tasks.random_objects.experiment import TASK as RANDOM_OBJECTS
 from tasks.runs import TASK_MODULES, evaluate_run, get_task, load_eval_data, load_run
@@ -50,7 +51,7 @@ def _rewrite(folder, tmp_path, change):
     shutil.copytree(folder, target)
     ckpt = load_checkpoint(target / CHECKPOINT_NAME)
     change(ckpt)
-    torch.save(ckpt, target / CHECKPOINT_NAME)
+    save_checkpoint(target / CHECKPOINT_NAME, ckpt)
     return target
 
 
