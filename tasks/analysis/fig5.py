@@ -3,8 +3,9 @@ of the entropy's summand, d/dp (-p log p) = -log p - 1.
 
 The learned objective is ``OTConfig(mesh_objective="learned")``: f, a 2-layer MLP (1 -> 32 -> 1, ReLU)
 applied to every entry of the plan and summed, minimized by MESH's steps in place of the entropy, and
-trained with the rest of SA-MESH on random objects (``tasks.analysis.training``, sigma 0.01 by default)
-through the MESH steps (second order: ``straight_through=False``). The default budget is short (printed;
+trained with the rest of SA-MESH on random objects (the random-objects task in its default set-up,
+``tasks.analysis.training``, sigma 0.01 by default) through the MESH steps (second order:
+``straight_through=False``). The default budget is short (printed;
 ``--paper-budget`` for Table 1's 20,000 steps). f' is shown at initialization and after training, for
 p in [1e-8, 1] on a log axis (the entries of an attention plan of this model lie in [0, 1]: its input
 marginals sum to 5 over 105 inputs), beside a histogram of the trained model's plan entries on test
@@ -14,25 +15,24 @@ over [1e-8, 1] and on the part of it between the 1st and 99th percentile of the 
 f is piecewise linear, so f' is a step function.
 
 Writes fig5.png, fig5.csv (p, the entropy's derivative, f' at initialization and after training) and
-the training run (checkpoints, metrics.jsonl, results.json) under run/; ``--run DIR`` plots a finished
-run instead (e.g. ``runs/analysis/variants/learned-objective``).
+the training run (checkpoints, metrics.jsonl, results.json) under run/sa-mesh/seed<s>/; ``--run DIR`` plots
+a finished run folder instead (e.g. ``runs/analysis/variants/learned-objective/sa-mesh/seed0``).
 """
 import math
 from pathlib import Path
 
 import torch
 
-from slots import OTConfig
 from tasks.random_objects.data import make_split
 
 from .common import output_dir, pyplot, save_figure, write_csv
-from .training import Budget, add_budget_arguments, budget_from_args, build_model, load_run, train_sa_mesh
+from .training import add_budget_arguments, budget_from_args, initial_model, read_run, train_sa_mesh
 
-__all__ = ["OT", "SHORT", "compute", "plot", "add_arguments", "run"]
+__all__ = ["OPTIONS", "SHORT_STEPS", "compute", "plot", "add_arguments", "run"]
 
-OT = OTConfig(mesh_objective="learned", straight_through=False)
+OPTIONS = {"mesh_objective": "learned", "straight_through": False}  # App. I, on top of the task's defaults
 # The default budget: a few minutes on two CPU cores (a step of this variant costs several plain SA-MESH steps).
-SHORT = Budget(steps=400, n_train=64_000, n_test=1_280, eval_every=100)
+SHORT_STEPS = 400
 
 
 def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -41,10 +41,10 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x * y).sum()) / denom if denom > 0 else math.nan
 
 
-def compute(out_dir, budget=SHORT, sigma: float = 0.01, seed: int = 0, resume: bool = False, progress: bool = True,
+def compute(out_dir, budget, sigma: float = 0.01, seed: int = 0, resume: bool = False, progress: bool = True,
             points: int = 1000, run_dir=None) -> dict:
-    """Train the learned objective (or read a finished run from ``run_dir``: then budget, sigma and seed are
-    the run's) and tabulate the derivatives.
+    """Train the learned objective (or read a finished run folder ``run_dir``: then sigma and seed are the
+    run's, and "budget" is None) and tabulate the derivatives.
 
     Returns:
         {"rows": one dict per grid point p (log-spaced over [1e-8, 1]): p, entropy_derivative,
@@ -53,14 +53,14 @@ def compute(out_dir, budget=SHORT, sigma: float = 0.01, seed: int = 0, resume: b
          "plan_range": (their 1st, 99th percentile),
          "corr_initial", "corr_trained": Pearson correlation of f' with -log p - 1 on the grid,
          "corr_initial_in_range", "corr_trained_in_range": the same on the grid points in plan_range,
-         "results": the training run's results, "budget": the budget}
+         "results": the training run's results, "budget": the budget (None for a run read back)}
     """
     if run_dir is not None:
-        model, results, budget, sigma, seed = load_run(run_dir, OT)
+        model, results = read_run(run_dir, OPTIONS)
+        budget, sigma, seed = None, results["task_config"]["sigma"], results["task_config"]["seed"]
     else:
-        model, results = train_sa_mesh(OT, Path(out_dir) / "run", budget, sigma, seed, resume, progress,
-                                       label="[learned objective] ")
-    initial = build_model(OT, seed).slot_attention.mesh_variant.objective
+        model, results, _ = train_sa_mesh(OPTIONS, Path(out_dir) / "run", budget, sigma, seed, resume, progress)
+    initial = initial_model(OPTIONS, sigma, seed).slot_attention.mesh_variant.objective
     trained = model.slot_attention.mesh_variant.objective
     x, _ = make_split("test", 64, sigma, 0)[torch.arange(64)]
     model.eval()
@@ -92,8 +92,8 @@ def plot(data: dict, path) -> None:
     a.set_title("(a) entropy: d/dp (-p log p) = -log p - 1")
     b.plot(p, [r["learned_trained"] for r in rows], color="C1", label="after training")
     b.plot(p, [r["learned_initial"] for r in rows], color="gray", ls="--", label="at initialization")
-    budget = data["budget"]
-    b.set_title(f"(b) learned f'(p), {budget.steps:,} steps of batch {budget.batch_size}")
+    res = data["results"]
+    b.set_title(f"(b) learned f'(p), {res['step']:,} steps of batch {res['train_config']['batch_size']}")
     for ax in (a, b):
         ax.axvspan(lo, hi, color="C2", alpha=0.15, label="1st-99th percentile of plan entries")
         ax.set_xscale("log")
@@ -108,23 +108,22 @@ def plot(data: dict, path) -> None:
 
 
 def add_arguments(p) -> None:
-    add_budget_arguments(p, SHORT)
+    add_budget_arguments(p, SHORT_STEPS)
     p.add_argument("--run", help="plot a finished run folder of the learned objective (e.g. the variants command's "
-                                 "learned-objective/) instead of training; its budget, sigma and seed apply")
+                                 "learned-objective/sa-mesh/seed0) instead of training; its sigma and seed apply")
 
 
 def run(args) -> dict:
-    budget = budget_from_args(args, SHORT)
+    budget = budget_from_args(args)
     out = output_dir("fig5", args.out)
     if args.run is None:
         print(f"training SA-MESH with the learned objective: {budget.steps:,} steps of batch {budget.batch_size} "
-              f"(Table 1: 20,000), {budget.n_train:,} training and {budget.n_test:,} test examples, "
-              f"sigma {args.sigma:g}")
+              f"(Table 1: 20,000) in the random-objects task's default set-up, sigma {args.sigma:g}")
     data = compute(out, budget, args.sigma, args.seed, args.resume, not args.no_progress, run_dir=args.run)
     if args.run is not None:
-        b = data["budget"]
-        print(f"read the finished run {args.run}: {b.steps:,} steps of batch {b.batch_size} (Table 1: 20,000), "
-              f"{b.n_train:,} training and {b.n_test:,} test examples")
+        res = data["results"]
+        print(f"read the finished run {args.run}: {res['step']:,} steps of batch "
+              f"{res['train_config']['batch_size']} (Table 1: 20,000)")
     write_csv(out / "fig5.csv", data["rows"])
     plot(data, out / "fig5.png")
     res = data["results"]
