@@ -359,12 +359,12 @@ def test_config_checks_and_round_trip():
            dict(n_iters=0), dict(implicit_grad="yes"), dict(ot=3)]
     for kw in bad:
         args = dict(n_slots=3, dim=4, input_dim=4) | kw
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=next(iter(kw))):
             SlotAttentionConfig(**args)
     for kw in (dict(tau=0.0), dict(n_sh_iters=0), dict(mesh_iters=-1), dict(mesh_lr=math.nan),
                dict(noise_scale=-1.0), dict(reuse_uv=1), dict(cost_scale=0.0), dict(marginal_scale=-1.0),
                dict(marginal_scale=math.inf)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"OTConfig.{next(iter(kw))}"):
             OTConfig(**kw)
     with pytest.raises(ValueError, match="SlotAttentionConfig"):
         SlotAttention({"n_slots": 3})

@@ -10,16 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("slots.vision", reason="the image autoencoder (slots.vision, issue 11) is not merged yet")
+from slots import to_model_range
+from tasks.clevrer import experiment as ex
+from tasks.clevrer import show
+from tasks.clevrer.__main__ import main
+from tasks.clevrer.model import TRANSITIONS, VideoModelConfig, VideoSlotAutoencoder, video_loss
+from tasks.scenes import SceneData
 
-from slots import to_model_range  # noqa: E402
-from tasks.clevrer import experiment as ex  # noqa: E402
-from tasks.clevrer import show  # noqa: E402
-from tasks.clevrer.__main__ import main  # noqa: E402
-from tasks.clevrer.model import TRANSITIONS, VideoModelConfig, VideoSlotAutoencoder, video_loss  # noqa: E402
-from tasks.scenes import SceneData  # noqa: E402
-
-from clevrer_fixtures import box, proposal_object, write_video  # noqa: E402
+from clevrer_fixtures import box, proposal_object, write_video
 
 
 def _small(variant="sa-mesh", **kw):
@@ -102,7 +100,7 @@ def test_rows_configure_the_official_video_setting():
     assert ex.DEFAULT_VARIANTS == ("sa", "sa-fixed-noise", "sa-learned-noise", "sa-sh", "sa-mesh")
     for bad in (dict(data="M"), dict(n_train=0), dict(backend="cuda"), dict(noise_sigma=0.0), dict(eval_batch=0),
                 dict(bf16="yes")):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=next(iter(bad))):
             ex.ClevrerConfig(**bad)
 
 
