@@ -112,7 +112,8 @@ def main(argv=None) -> int:
         for e in chosen:
             s = current[e.name]
             what = "finished, skipped" if s.finished else "continue (--resume)" if s.started else "run"
-            print(f"[table {e.table}: {what}] {shlex.join(e.command(budget, out) + (['--resume'] if s.started and not s.finished else []))}")
+            resume = ["--resume"] if s.started and not s.finished else []
+            print(f"[table {e.table}: {what}] {shlex.join(e.command(budget, out) + resume)}")
         print(progress_line(chosen, budget, out, current, steps, parallel))
         return 0
     try:

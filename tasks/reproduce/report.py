@@ -224,11 +224,11 @@ def write_report(plan: list[Experiment], budget: str, out: Path, states: dict, c
     experiments. Returns its path."""
     budget_text = {"cpu": "each task's CPU budget", "paper": "each task's paper budget (meant for a GPU)",
                    "quick": "a few steps per run on tiny generated data: a check of the pipeline, not a result"}
+    wall = sum(s.record.get("wall_s", 0.0) for s in states.values())
     lines = ["# Reproducing the paper's tables", "",
              f"Budget: {budget} ({budget_text[budget]}). Written {now()} by `{command}`; commit {commit()}; "
              f"machine: {machine()}.", "",
-             f"Wall time of the experiments that ran: {format_duration(sum(s.record.get('wall_s', 0.0) for s in states.values()))} "
-             "(summed over their attempts).", "",
+             f"Wall time of the experiments that ran: {format_duration(wall)} (summed over their attempts).", "",
              "Each table below is the task's own `table.md`: our figures beside the paper's (labelled as the "
              "paper's). Every experiment's folder is beside this file; its `reproduce.json` holds its command, "
              "wall time, commit, machine and dates.", ""]
