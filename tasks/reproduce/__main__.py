@@ -7,10 +7,11 @@ interrupted one is continued with ``--resume`` (the task reuses its finished run
 their checkpoints); without ``--resume`` an interrupted experiment stops the command before anything runs.
 ``REPORT.md`` is rewritten after every experiment, so it is current after any interruption.
 
-Exit status: 0 when every experiment asked for has finished, 2 for bad arguments or an output folder that
+Exit status: 0 when every experiment asked for has finished; 2 for bad arguments, an output folder that
 cannot be used (an interrupted experiment without ``--resume``, one run with another command, a file in the
-way, another reproduction working in it), 1 when an experiment's command fails (its exit status is printed),
-130 after Ctrl-C (the running experiment saves its checkpoints; the line printed says how to continue).
+way, another reproduction working in it) or SA-EMD in a build without exact EMD, before anything runs; 1 when
+an experiment's command fails (its exit status is printed); 130 after Ctrl-C or SIGTERM (the running
+experiment saves its checkpoints; the line printed says how to continue).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from emd_cpp import EMDUnavailableError
+from slots.attention import check_available
 from slots.checkpoint import lock_folder, write_json
 
 from ..pool import cores
@@ -63,20 +66,28 @@ def _child_env() -> dict:
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:  # the group has already exited
+        pass
+
+
 def _run_child(cmd: list[str]) -> tuple[int, bool]:
-    """Run ``cmd`` in its own process group; Ctrl-C here is passed on to that group once per press, so that the
-    task saves its checkpoints and exits. Returns (exit status, interrupted here)."""
+    """Run ``cmd`` in its own process group; Ctrl-C here is passed on to that group once per press (and SIGTERM
+    as SIGTERM), so that the task saves its checkpoints and exits. Returns (exit status, interrupted here)."""
     proc = subprocess.Popen(cmd, env=_child_env(), process_group=0)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _signal_group(proc.pid, signum))
     interrupted = False
-    while True:
-        try:
-            return proc.wait(), interrupted
-        except KeyboardInterrupt:
-            interrupted = True
+    try:
+        while True:
             try:
-                os.killpg(proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+                return proc.wait(), interrupted
+            except KeyboardInterrupt:
+                interrupted = True
+                _signal_group(proc.pid, signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv=None) -> int:
@@ -116,6 +127,12 @@ def main(argv=None) -> int:
             print(f"[table {e.table}: {what}] {shlex.join(e.command(budget, out) + resume)}")
         print(progress_line(chosen, budget, out, current, steps, parallel))
         return 0
+    try:
+        for v in {v for e in chosen if not current[e.name].finished for v in e.variants}:
+            check_available(v)  # SA-EMD in a build without exact EMD: said now, not after hours of other tables
+    except EMDUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         with lock_folder(out):
             return _run(chosen, plan, budget, out, steps, parallel, given, states)

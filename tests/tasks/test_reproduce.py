@@ -153,6 +153,22 @@ def test_experiment_of_another_command_exits_2(run_cli, tmp_path, monkeypatch):
     assert code == 2 and "another command" in stderr
 
 
+def test_sa_emd_without_exact_emd_exits_2_before_anything_runs(run_cli, tmp_path, monkeypatch):
+    from emd_cpp import EMDUnavailableError
+
+    def check_available(variant):
+        if variant == "sa-emd":
+            raise EMDUnavailableError("exact EMD is not in this build")
+
+    calls = []
+    monkeypatch.setattr(cli, "check_available", check_available)
+    monkeypatch.setattr(cli, "_run_child", _fake_child(calls=calls))
+    code, _, stderr = run_cli(cli.main, ["--quick", "--only", "4", "2", "--out", tmp_path / "rep"])
+    assert code == 2 and "exact EMD is not in this build" in stderr
+    assert calls == [] and not (tmp_path / "rep").exists()
+    assert run_cli(cli.main, ["--quick", "--only", "4", "--out", tmp_path / "rep"])[0] == 0  # no SA-EMD in Table 4
+
+
 def test_time_left_from_measured_step_times(tmp_path):
     exp = next(e for e in experiments() if e.name == "table3")  # sa and sa-mesh
     folder = tmp_path / exp.name / "sa" / "seed0"
