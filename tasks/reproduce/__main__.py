@@ -77,8 +77,14 @@ def _run_child(cmd: list[str]) -> tuple[int, bool]:
     """Run ``cmd`` in its own process group; Ctrl-C here is passed on to that group once per press (and SIGTERM
     as SIGTERM), so that the task saves its checkpoints and exits. Returns (exit status, interrupted here)."""
     proc = subprocess.Popen(cmd, env=_child_env(), process_group=0)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _signal_group(proc.pid, signum))
     interrupted = False
+
+    def terminate(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+        _signal_group(proc.pid, signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         while True:
             try:

@@ -198,22 +198,25 @@ def test_time_left_scales_by_the_tasks_step_costs(tmp_path):
     assert unmeasured == 0 and seconds == pytest.approx(expected)
 
 
-def test_ctrl_c_is_passed_to_the_experiment(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_are_passed_to_the_experiment(tmp_path, signum):
     ready = tmp_path / "ready"
     child = ("import signal, sys, time, pathlib\n"
-             "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
+             f"signal.signal({int(signum)}, lambda *a: sys.exit(130))\n"
              f"pathlib.Path({str(ready)!r}).write_text('')\n"
              "time.sleep(60)\n")
 
     def interrupt():
         while not ready.exists():
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
 
+    previous = signal.getsignal(signal.SIGTERM)
     threading.Thread(target=interrupt, daemon=True).start()
     t0 = time.perf_counter()
     assert cli._run_child([sys.executable, "-c", child]) == (130, True)
     assert time.perf_counter() - t0 < 50
+    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 @pytest.mark.slow
