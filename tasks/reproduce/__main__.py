@@ -145,10 +145,15 @@ def main(argv=None) -> int:
     except ValueError as e:  # LockHeld: another reproduction works in --out
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        again = given if "--resume" in given.split() else given + " --resume"
+        print(f"\ninterrupted; the finished runs and checkpoints are kept: continue with\n  {again}", file=sys.stderr)
+        return 130
 
 
 def _run(chosen, plan, budget, out, steps, parallel, given, states) -> int:
-    """The loop of :func:`main` over the experiments ``chosen``, with ``out`` locked."""
+    """The loop of :func:`main` over the experiments ``chosen``, with ``out`` locked; raises KeyboardInterrupt
+    once an interrupted experiment's record and REPORT.md are written."""
     current = states()
     for e in chosen:
         s = current[e.name]
@@ -166,11 +171,8 @@ def _run(chosen, plan, budget, out, steps, parallel, given, states) -> int:
         write_json(out / e.name / STATE_NAME, state_record(s.record, e.command(budget, out), wall, status))
         current = states()
         write_report(plan, budget, out, current, given)
-        if status == "interrupted":
-            again = given if "--resume" in given.split() else given + " --resume"
-            print(f"\ninterrupted; the finished runs and checkpoints are kept: continue with\n  {again}",
-                  file=sys.stderr)
-            return 130
+        if interrupted or status == "interrupted":
+            raise KeyboardInterrupt
         if code != 0:
             print(f"error: {shlex.join(e.command(budget, out))} exited with status {code}; fix the cause and rerun "
                   "with --resume", file=sys.stderr)

@@ -132,6 +132,16 @@ def test_interrupted_experiment_needs_resume(run_cli, tmp_path, monkeypatch):
     assert record["status"] == "finished" and record["attempts"] == 2
 
 
+def test_ctrl_c_as_an_experiment_finishes_stops_before_the_next(run_cli, tmp_path, monkeypatch):
+    out = tmp_path / "rep"
+    calls = []
+    monkeypatch.setattr(cli, "_run_child", _fake_child(interrupted=True, calls=calls))
+    code, _, stderr = run_cli(cli.main, ["--quick", "--only", "2", "6", "--out", out])
+    assert code == 130 and "--resume" in stderr and len(calls) == 1
+    assert json.loads((out / "table2" / "reproduce.json").read_text())["status"] == "finished"
+    assert not (out / "table6").exists()
+
+
 def test_failed_experiment_exits_1(run_cli, tmp_path, monkeypatch):
     out = tmp_path / "rep"
     monkeypatch.setattr(cli, "_run_child", _fake_child(runs_to_finish=0, code=2))
