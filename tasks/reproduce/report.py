@@ -24,7 +24,7 @@ from pathlib import Path
 
 from slots.checkpoint import atomic_write
 
-from .plan import TABLES, Experiment, State
+from .plan import BUDGETS, TABLES, Experiment, State
 
 __all__ = ["format_duration", "machine", "commit", "now", "time_left", "progress_line", "write_report",
            "state_record", "REPORT_NAME"]
@@ -101,7 +101,7 @@ def _last_train_record(path: Path) -> dict | None:
     return None
 
 
-def _finished_step_ms(folder: Path, exp: Experiment, budget: str, states: dict) -> dict[str, list[float]]:
+def _finished_step_ms(folder: Path, exp: Experiment, states: dict) -> dict[str, list[float]]:
     """variant -> train_step_ms of the finished runs of ``exp``."""
     found: dict[str, list[float]] = {}
     for v, s in states[exp.name].runs_done:
@@ -133,14 +133,13 @@ def time_left(plan: list[Experiment], budget: str, out: Path, states: dict, step
     """
     measured: dict[str, dict[str, list[float]]] = {}  # task -> variant -> finished runs' step times
     for exp in plan:
-        for v, ms in _finished_step_ms(out, exp, budget, states).items():
+        for v, ms in _finished_step_ms(out, exp, states).items():
             measured.setdefault(exp.task, {}).setdefault(v, []).extend(ms)
-    total, unmeasured, left_any = 0.0, 0, False
+    total, unmeasured, counted = 0.0, 0, 0
     for exp in plan:
         pending = [r for r in exp.runs(budget) if r not in states[exp.name].runs_done]
         if not pending:
             continue
-        left_any = True
         work = 0.0
         for v, s in pending:
             record = _last_train_record(out / exp.name / v / f"seed{s}" / "metrics.jsonl")
@@ -151,10 +150,9 @@ def time_left(plan: list[Experiment], budget: str, out: Path, states: dict, step
                 unmeasured += 1
                 continue
             work += max(0, steps[exp.name] - done) * ms / 1000
+            counted += 1
         total += work / min(parallel, len(pending))
-    if left_any and total == 0 and unmeasured:
-        return None, unmeasured
-    return total, unmeasured
+    return (None if unmeasured and not counted else total), unmeasured
 
 
 def _estimate(task: str, variant: str, measured: dict) -> float | None:
@@ -195,7 +193,9 @@ def _pictures(folder: Path, base: Path) -> list[str]:
 def _section(exp: Experiment, budget: str, out: Path, state: State) -> list[str]:
     folder = out / exp.name
     record = state.record
-    lines = [f"### {exp.title}", "", f"Command: `{' '.join(exp.command(budget, out))}`", ""]
+    lines = [f"### {exp.title}", "", f"Budget: {budget} (the task's `--budget {BUDGETS[budget][exp.task]}`"
+             + (", cut to a few steps on tiny data" if budget == "quick" else "")
+             + f"). Command: `{' '.join(exp.command(budget, out))}`", ""]
     runs = len(exp.runs(budget))
     if state.finished:
         lines.append(f"Finished: {len(state.runs_done)}/{runs} runs; wall time {format_duration(record['wall_s'])}"

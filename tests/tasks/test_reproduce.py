@@ -100,6 +100,7 @@ def test_skips_finished_experiments_and_reports_every_table(run_cli, tmp_path, m
     assert report.count("Not run yet.") == 6  # Tables 2, 3 (two experiments), 5 (two) and 6
     assert "[sa/seed0/examples.png](table4/sa/seed0/examples.png)" in report
     assert "Budget: quick" in report and "machine:" in report and "commit " in report
+    assert "Budget: quick (the task's `--budget quick`, cut to a few steps on tiny data)" in report
     assert "progress: tables 2/2 done" in stdout and "nothing left to run" in stdout
 
     calls.clear()
