@@ -76,7 +76,7 @@ def _signal_group(pid: int, signum: int) -> None:
 def _run_child(cmd: list[str]) -> tuple[int, bool]:
     """Run ``cmd`` in its own process group; Ctrl-C here is passed on to that group once per press (and SIGTERM
     as SIGTERM), so that the task saves its checkpoints and exits. Returns (exit status, interrupted here)."""
-    proc = subprocess.Popen(cmd, env=_child_env(), process_group=0)
+    proc = subprocess.Popen(cmd, env=_child_env(), start_new_session=True)  # its own process group
     interrupted = False
 
     def terminate(signum, frame):

@@ -3,10 +3,10 @@
 Progress: tables whose experiments have all finished, runs with a ``results.json``, and the time left: for every
 run not finished, its steps left times its step time, divided over the runs an experiment trains at once (one
 per core on a CPU, one on a GPU). A run's step time is, in this order: its own (the newest training record of
-its ``metrics.jsonl``), the median ``train_step_ms`` of the finished runs of its variant in this reproduction's
-experiments of the same task, or such a measurement of another variant of the task scaled by the task's
-``step_cost`` table. Runs without any of these are not counted, and the line says how many; with no measurement
-at all the time left is "unknown".
+its ``metrics.jsonl``), the median step time of the finished (``train_step_ms``) and running runs of its
+variant in this reproduction's experiments of the same task, or such a measurement of another variant of the
+task scaled by the task's ``step_cost`` table. Runs without any of these are not counted, and the line says how
+many; with no measurement at all the time left is "unknown".
 
 REPORT.md: per table, each experiment's ``table.md`` (our figures beside the paper's, as the task writes it),
 its command, budget, status, wall time, commit, machine and date (from its ``reproduce.json``), and relative links
@@ -131,10 +131,19 @@ def time_left(plan: list[Experiment], budget: str, out: Path, states: dict, step
     run (or None); ``parallel``: runs an experiment trains at once, at most. Seconds is None when no run left
     has a step time (and some are left).
     """
-    measured: dict[str, dict[str, list[float]]] = {}  # task -> variant -> finished runs' step times
+    measured: dict[str, dict[str, list[float]]] = {}  # task -> variant -> step times of finished and running runs
+    running: dict[tuple[str, str, int], tuple[int, float | None]] = {}  # (experiment, variant, seed) -> (step, ms)
     for exp in plan:
         for v, ms in _finished_step_ms(out, exp, states).items():
             measured.setdefault(exp.task, {}).setdefault(v, []).extend(ms)
+        for v, s in exp.runs(budget):
+            if (v, s) in states[exp.name].runs_done:
+                continue
+            record = _last_train_record(out / exp.name / v / f"seed{s}" / "metrics.jsonl") or {}
+            ms = 1000 / record["steps_per_s"] if record.get("steps_per_s") else None
+            running[exp.name, v, s] = (record.get("step", 0), ms)
+            if ms is not None:
+                measured.setdefault(exp.task, {}).setdefault(v, []).append(ms)
     total, unmeasured, counted = 0.0, 0, 0
     for exp in plan:
         pending = [r for r in exp.runs(budget) if r not in states[exp.name].runs_done]
@@ -142,10 +151,8 @@ def time_left(plan: list[Experiment], budget: str, out: Path, states: dict, step
             continue
         work = 0.0
         for v, s in pending:
-            record = _last_train_record(out / exp.name / v / f"seed{s}" / "metrics.jsonl")
-            done = record["step"] if record else 0
-            ms = 1000 / record["steps_per_s"] if record and record.get("steps_per_s") else _estimate(
-                exp.task, v, measured)
+            done, ms = running[exp.name, v, s]
+            ms = ms if ms is not None else _estimate(exp.task, v, measured)
             if ms is None or steps.get(exp.name) is None:
                 unmeasured += 1
                 continue

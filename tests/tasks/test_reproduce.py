@@ -133,6 +133,19 @@ def test_interrupted_experiment_needs_resume(run_cli, tmp_path, monkeypatch):
     assert record["status"] == "finished" and record["attempts"] == 2
 
 
+def test_time_left_from_a_running_run_of_another_variant(tmp_path):
+    exp = next(e for e in experiments() if e.name == "table1-sigma1")
+    running = tmp_path / exp.name / "sa-emd" / "seed0"
+    running.mkdir(parents=True)
+    (running / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "steps_per_s": 10.0}) + "\n")
+    states = {exp.name: read_state(exp, "quick", tmp_path, 2)}
+    seconds, unmeasured = time_left([exp], "quick", tmp_path, states, {exp.name: 2}, parallel=2)
+    from tasks.random_objects.experiment import STEP_COST
+
+    expected = 0.1 + sum(2 * 0.1 * STEP_COST[v] / STEP_COST["sa-emd"] for v in ("sa", "sa-sh", "sa-mesh"))
+    assert unmeasured == 0 and seconds == pytest.approx(expected / 2)
+
+
 def test_ctrl_c_as_an_experiment_finishes_stops_before_the_next(run_cli, tmp_path, monkeypatch):
     out = tmp_path / "rep"
     calls = []
