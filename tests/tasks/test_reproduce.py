@@ -45,7 +45,7 @@ def test_dry_run_lists_every_experiment_and_writes_nothing(run_cli, tmp_path):
     code, stdout, stderr = run_cli(cli.main, ["--quick", "--dry-run", "--out", out])
     assert code == 0, stderr
     lines = [line for line in stdout.splitlines() if line.startswith("[table")]
-    assert len(lines) == len(experiments()) == 10
+    assert len(lines) == len(experiments()) == 11
     for sigma in ("1", "0.1", "0.01"):
         assert any(f"tasks.random_objects --sigma {sigma} " in line and "--seeds 1 " in line for line in lines)
     assert sum("tasks.clevr " in line for line in lines) == 2
@@ -63,6 +63,7 @@ def test_plan_at_the_cpu_budget():
     assert cmds["table1-sigma0.01"][cmds["table1-sigma0.01"].index("--budget") + 1] == "paper"
     assert cmds["table3"][cmds["table3"].index("--seeds") + 1] == "3"
     assert [a for a in cmds["table3"] if a.startswith("sa")] == ["sa", "sa-mesh"]
+    assert [a for a in cmds["table3-sa-emd"] if a.startswith("sa")] == ["sa-emd"]  # beyond the paper
     assert all(c[c.index("--budget") + 1] == "cpu" for n, c in cmds.items() if not n.startswith("table1"))
     assert {e.table for e in experiments()} == set(TABLES)
 
@@ -97,7 +98,7 @@ def test_skips_finished_experiments_and_reports_every_table(run_cli, tmp_path, m
     for name in ("table1-sigma1", "table1-sigma0.1", "table1-sigma0.01", "table4"):
         assert f"fake table of {name}" in report
         assert json.loads((out / name / "reproduce.json").read_text())["status"] == "finished"
-    assert report.count("Not run yet.") == 6  # Tables 2, 3 (two experiments), 5 (two) and 6
+    assert report.count("Not run yet.") == 7  # Tables 2, 3 (three experiments), 5 (two) and 6
     assert "[sa/seed0/examples.png](table4/sa/seed0/examples.png)" in report
     assert "Budget: quick" in report and "machine:" in report and "commit " in report
     assert "Budget: quick (the task's `--budget quick`, cut to a few steps on tiny data)" in report
