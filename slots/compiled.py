@@ -20,7 +20,11 @@ so a seeded compiled run draws what a seeded eager run draws.
 Known limits: CPU inductor needs a C++ compiler at run time; the first call compiles (tens of seconds per
 variant on a CPU; inductor caches the generated code on disk, so a second process compiles faster); a new
 input shape (another batch size) compiles again, then with dynamic shapes; training, evaluation and
-``no_grad`` calls each compile their own graphs.
+``no_grad`` calls each compile their own graphs. Tracing starts at the first frame outside torch's own files,
+so a model built only of torch containers and layers (an ``nn.Sequential`` of ``nn.Linear``) stays eager: wrap
+it in a module with a forward of its own. Whether compiling pays depends on the variant: every OT plan cuts the
+graph, and each piece adds its own call overhead (guards, the compiled autograd function), which can outweigh
+what fusion saves; the compiled roles of ``tests/tasks/test_bench_random_objects.py`` measure it.
 """
 import torch
 from torch import nn
