@@ -8,6 +8,7 @@ object-discovery autoencoder of ``slots.vision``. ``load_pretrained(folder)`` re
 """
 from .attention import (ATTENTION_VARIANTS, COSTS, MARGINAL_INPUTS, MESH_OBJECTIVES, SLOT_INITS, OTConfig, SlotAttention,
                         SlotAttentionConfig)
+from .compiled import compile_model
 from .losses import hungarian_huber_loss, hungarian_match, hungarian_mse_loss, pairwise_huber, pairwise_mse
 from .mesh_variants import LearnedObjective, MeshVariant, PairSimilarity, entropy_objective, mesh_autograd
 from .metrics import (
@@ -43,6 +44,7 @@ __all__ = [
     "SLOT_INITS",
     "MESH_OBJECTIVES",
     "MARGINAL_INPUTS",
+    "compile_model",
     "mesh_autograd",
     "entropy_objective",
     "LearnedObjective",

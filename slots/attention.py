@@ -303,15 +303,22 @@ def _plan_sa(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
     return torch.softmax(-C / ot.tau, dim=2)  # each input distributes mass 1 over the slots
 
 
+# The OT plans run the kernels' autograd functions (C++ loops, Triton launches), which torch.compile cannot
+# trace: under ``slots.compile_model`` they run eagerly between compiled graphs (``torch.compiler.disable``).
+
+
+@torch.compiler.disable
 def _plan_sinkhorn(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
     P, _, _ = sinkhorn(C, a, b, n_iters=ot.n_sh_iters, tau=ot.tau, backend=ot.backend)
     return P
 
 
+@torch.compiler.disable
 def _plan_emd(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
     return emd_attention(C, a, b, n_sh_iters=ot.n_sh_iters, tau=ot.tau, backend=ot.backend)
 
 
+@torch.compiler.disable
 def _plan_mesh(C, a, b, noise, ot: OTConfig) -> torch.Tensor:
     C2, u, v = mesh(C, a, b, n_mesh_iters=ot.mesh_iters, n_sh_iters=ot.n_sh_iters, lr=ot.mesh_lr, noise=noise,
                     noise_scale=ot.noise_scale, reuse_uv=ot.reuse_uv, tau=ot.tau,
@@ -425,6 +432,10 @@ class _SetScalarMLP(torch.autograd.Function):
             if gx is not None:
                 torch.mm(gh, w1, out=gx[rows])
         return (None if gx is None else gx.view(x.shape)), gw1, gb1, gw2
+
+
+# the blocked loops and out= products of the hand-written autograd function run eagerly under torch.compile
+_set_scalar_mlp = torch.compiler.disable(_SetScalarMLP.apply)
 
 
 class _Inputs(NamedTuple):
@@ -570,9 +581,9 @@ class SlotAttention(nn.Module):
         if self._variant.is_ot and self.config.ot.learned_marginals:
             first, last = self.input_marginal[0], self.input_marginal[2]
             if self.config.ot.marginal_input == "raw":
-                logits = _SetScalarMLP.apply(x, first.weight, first.bias, last.weight[0])  # (B, n)
+                logits = _set_scalar_mlp(x, first.weight, first.bias, last.weight[0])  # (B, n)
             else:
-                logits = _SetScalarMLP.apply(xhat, *self._folded(first), last.weight[0])  # (B, n)
+                logits = _set_scalar_mlp(xhat, *self._folded(first), last.weight[0])  # (B, n)
         return xhat, logits
 
     def _input_projections(self, x: torch.Tensor):

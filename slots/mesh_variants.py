@@ -185,6 +185,7 @@ class MeshVariant(nn.Module):
         """The MESH step size: exp(log_mesh_lr) when learned, else ``OTConfig.mesh_lr``."""
         return self.log_mesh_lr.exp() if self.ot.learn_mesh_lr else self.ot.mesh_lr
 
+    @torch.compiler.disable  # torch.autograd.grad inside: runs eagerly under torch.compile
     def forward(self, C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, noise: torch.Tensor,
                 zn: torch.Tensor) -> torch.Tensor:
         """SA-MESH's plan sinkhorn(MESH(C)) with this variant's objective, step size and regulariser.

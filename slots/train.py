@@ -52,6 +52,7 @@ from .checkpoint import (CHECKPOINT_NAME, METRICS_NAME, PREVIOUS_NAME, RESULTS_N
                          CheckpointWarning, LockHeld, RunFolderWriteError, atomic_write, capture_rng, check_resumable,
                          jsonable, keep_copy, load_checkpoint, lock_folder, read_records, restore_rng,
                          save_checkpoint, set_aside, write_json)
+from .compiled import compile_model
 from .runtime import (StopFlag, dist_info, init_distributed, is_main_process, pick_device, retain_freed_memory,
                       to_device, unwrap)
 
@@ -124,10 +125,15 @@ class TrainConfig:
         progress: show the progress bar (rank 0 only).
         tensorboard: also write the records as TensorBoard events in ``out_dir`` (``slots.tensorboard``; needs
             the tensorboard package).
+        compile: compile the model's forward with inductor before training (``slots.compile_model``): the same
+            values up to rounding; the first step (and the first evaluation) include the compilation, which
+            ``train_step_ms`` then averages in.
 
     ``out_dir``, ``steps``, ``log_every``, ``eval_every``, ``ckpt_every``, ``resume``, ``resume_previous``,
-    ``device``, ``num_threads``, ``progress`` and ``tensorboard`` may change between a run and its resumption; the
-    other fields define the training trajectory and must match the checkpoint's.
+    ``device``, ``num_threads``, ``progress``, ``tensorboard`` and ``compile`` may change between a run and its
+    resumption (a changed thread count or ``compile`` changes the rounding, so the resumed run is then not
+    bit-identical to an uninterrupted one); the other fields define the training trajectory and must match the
+    checkpoint's.
     """
 
     out_dir: str
@@ -150,11 +156,12 @@ class TrainConfig:
     num_threads: int | None = None
     progress: bool = True
     tensorboard: bool = False
+    compile: bool = False
 
     # Fields that may differ between a run and its resumption (they do not change the trajectory).
     RUNTIME_FIELDS: ClassVar[frozenset] = frozenset({"out_dir", "steps", "log_every", "eval_every", "ckpt_every",
                                                      "resume", "resume_previous", "device", "num_threads",
-                                                     "progress", "tensorboard"})
+                                                     "progress", "tensorboard", "compile"})
 
     def trajectory(self) -> dict:
         """The fields that define the training trajectory, JSON-normalized."""
@@ -184,7 +191,7 @@ class TrainConfig:
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.startswith("cuda:")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}")
-        for name in ("resume", "resume_previous", "progress", "tensorboard"):
+        for name in ("resume", "resume_previous", "progress", "tensorboard", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.resume_previous and not self.resume:
@@ -402,6 +409,8 @@ def _train_locked(cfg: TrainConfig, model: nn.Module, train_data, loss_fn, eval_
             elif metrics_path.exists():
                 metrics_path.unlink()
     board = tensorboard.RunBoard(out, read_records(metrics_path)) if cfg.tensorboard and main else None
+    if cfg.compile:
+        compile_model(model)  # in place, before DDP wraps it: the state_dict keys stay those of the eager model
     net = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None

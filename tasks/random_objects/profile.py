@@ -5,7 +5,8 @@ batch, forward, Hungarian-matched MSE, backward, gradient clipping, fused AdamW)
 torch profiler: the step time without the profiler, and the operations with the largest share of the
 profiled self CPU time ("other" is the step time the profiler does not attribute to an operation: Python,
 the matching, EMD's solver threads). ``--plain`` profiles ``SlotAttention(fast=False)`` instead of the
-default path.
+default path; ``--compiled`` the model's forward compiled by inductor (``slots.compile_model``; the compilation
+happens in the warm-up steps, outside the timings).
 """
 import argparse
 import time
@@ -13,7 +14,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from slots import hungarian_mse_loss
+from slots import compile_model, hungarian_mse_loss
 from slots.train import retain_freed_memory
 
 from .data import make_split
@@ -42,17 +43,18 @@ def train_step(model: RandomObjectsModel, loss_fn=hungarian_mse_loss):
     return step
 
 
-def _model(variant: str, fast: bool) -> RandomObjectsModel:
+def _model(variant: str, fast: bool, compiled: bool = False) -> RandomObjectsModel:
     torch.manual_seed(0)
     model = RandomObjectsModel(RandomObjectsConfig().model(variant))
     model.slot_attention.fast = fast
-    return model
+    return compile_model(model) if compiled else model
 
 
-def profile_variant(variant: str, fast: bool = True, steps: int = 30, top: int = 6) -> tuple[float, list]:
+def profile_variant(variant: str, fast: bool = True, steps: int = 30, top: int = 6,
+                    compiled: bool = False) -> tuple[float, list]:
     """Step time (ms, median of 5 timings of ``steps`` steps) and [(operation, share of the step, ms per step)]
-    for the ``top`` operations by self CPU time, then "other"."""
-    step = train_step(_model(variant, fast))
+    for the ``top`` operations by self CPU time, then "other"; ``compiled`` compiles the model's forward first."""
+    step = train_step(_model(variant, fast, compiled))
     for _ in range(5):
         step()
     times = []
@@ -77,6 +79,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=VARIANTS, action="append", help="default: all four")
     parser.add_argument("--plain", action="store_true", help="profile SlotAttention(fast=False)")
+    parser.add_argument("--compiled", action="store_true", help="compile the model's forward (slots.compile_model)")
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args(argv)
     retain_freed_memory()
@@ -84,9 +87,10 @@ def main(argv=None) -> None:
     print("| variant | step (ms) | where the time goes (share of the profiled step, ms per step) |")
     print("|---|---|---|")
     for variant in args.variant or VARIANTS:
-        ms, rows = profile_variant(variant, fast=not args.plain, steps=args.steps)
+        ms, rows = profile_variant(variant, fast=not args.plain, steps=args.steps, compiled=args.compiled)
         where = ", ".join(f"{name} {share:.0%} ({t:.2f})" for name, share, t in rows)
-        print(f"| {variant}{' (plain)' if args.plain else ''} | {ms:.2f} | {where} |", flush=True)
+        label = variant + " (plain)" * args.plain + " (compiled)" * args.compiled
+        print(f"| {label} | {ms:.2f} | {where} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -228,6 +228,40 @@ def test_checkpoint_contents(reference):
     assert not list(out.glob("*.tmp"))
 
 
+class _Wrapped(nn.Module):
+    """``make_model()`` inside a module with a forward of its own: torch.compile traces from the first frame
+    outside torch, and an nn.Sequential of torch layers has none."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = make_model()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_eager_run(tmp_path):
+    """compile=True trains the eager run's parameters up to rounding (dropout draws what it draws eagerly),
+    writes the eager model's state_dict keys, and may resume a run started without it."""
+    n = torch.get_num_threads()
+    torch._dynamo.reset()
+    try:
+        eager, _ = run(tmp_path / "eager", model=_Wrapped())
+        model, _ = run(tmp_path / "compiled", model=_Wrapped(), compile=True)
+        run(tmp_path / "switched", steps=7, model=_Wrapped())
+        resumed, _ = run(tmp_path / "switched", model=_Wrapped(), resume=True, compile=True)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # (reset clears the counters)
+    finally:
+        torch._dynamo.reset()
+        torch.set_num_threads(n)
+    ckpt = load_checkpoint(tmp_path / "compiled" / CHECKPOINT_NAME)
+    assert ckpt["train_config"]["compile"] is True and ckpt["model"].keys() == eager.state_dict().keys()
+    for trained in (model, resumed):
+        for k, v in eager.state_dict().items():
+            torch.testing.assert_close(trained.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A write that fails half-way (a crash) leaves the previous checkpoint intact and no temporary file;
     the checkpoint only ever appears under its name by a rename of a complete file in the same folder."""
