@@ -30,7 +30,7 @@ def _redraw(run: Path) -> Path:
         raise CheckpointError(f"{run / CHECKPOINT_NAME} is a checkpoint of task {trained.task.name!r}, not "
                               f"{TASK.name!r}")
     cfg = trained.config
-    path = draw_run_pictures(trained.model, TASK.load_test(cfg), cfg, trained.variant, run)
+    path = draw_run_pictures(trained.model, TASK.data.load_test(cfg), cfg, trained.variant, run)
     if path is None:
         raise ValueError(f"the run in {run} was trained with n_pictures 0: nothing to draw")
     return path
