@@ -36,12 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..scenes import render as _renderer
 from ..scenes.cache import cached
 from ..scenes.records import DataFormatError, SceneData, require_dir, require_file
 from ..scenes.render import (CLEVR_MIN_PIXELS, COLOR_NAMES, COLORS, MATERIALS, SHAPES, SIZES, Camera,
-                             check_generation, concat_blocks, directions, geometry_batch, project, render,
-                             run_in_blocks, sample_geometry)
+                             cached_scenes, check_generation, concat_blocks, directions, geometry_batch, project,
+                             render, run_in_blocks, sample_geometry)
 
 __all__ = [
     "GENERATOR_VERSION", "IMAGE_SIZE", "MAX_OBJECTS", "TARGET_DIM", "DSPN_CLASSES", "COORD_SCALE", "SPLITS",
@@ -438,18 +437,13 @@ def load_clevr(split: str = "train", num_images: int | None = None, seed: int = 
 
     Both generated and real data are cached.
     """
-    if num_images is not None and num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
     if data_dir is None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-        n = SPLITS[split][1] if num_images is None else int(num_images)
-        params = {"split": split, "num_images": n, "seed": seed, "image_size": IMAGE_SIZE}
-        arrays = cached(f"clevr-{split}", params, f"{GENERATOR_VERSION}+render{_renderer.RENDER_VERSION}",
-                        lambda: generate_clevr(n, seed, split, workers=workers, progress=progress), cache_dir)
-        meta = {"source": "clevr-generated", "split": split, "seed": seed, "version": GENERATOR_VERSION,
-                "has_masks": True}
+        arrays, meta = cached_scenes("clevr", split, num_images, seed, SPLITS, IMAGE_SIZE, GENERATOR_VERSION,
+                                     generate_clevr, workers, progress, cache_dir)
+        meta["has_masks"] = True
     else:
+        if num_images is not None and num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
         root = _clevr_root(Path(data_dir).expanduser())
         scenes_path = require_file(root / "scenes" / f"CLEVR_{split}_scenes.json", f"CLEVR {split} scenes")
         st = scenes_path.stat()

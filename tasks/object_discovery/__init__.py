@@ -52,10 +52,10 @@ import torch.nn.functional as F
 from slots import OTConfig, SlotAutoencoder, fg_ari, fg_miou, image_autoencoder_config, native_bf16, to_model_range
 from slots.train import CHECKPOINT_NAME
 from tasks.scenes.records import DataFormatError, SceneData
-from tasks.scenes.show import colorize_masks, save_grid, show_parser
+from tasks.scenes.show import colorize_masks, show_parser, write_samples
 
 from .. import runner
-from ..options import OTOptions, int_at_least, option
+from ..options import OTOptions, option
 from ..random_objects.model import DEFAULT_COSTS
 from ..runner import Budget, Data, Metric, Report, Task
 from ..runs import load_run
@@ -527,7 +527,6 @@ def show_command(name: str, argv=None) -> int:
     parser.add_argument("--run", help="draw the trained runs of this run folder or experiment folder, on the first "
                                       "--num test images, into each run folder (or into --out, a folder)")
     parser.add_argument("--variant", default=ds.real_variants[0], help="data variant of the samples")
-    parser.add_argument("--workers", type=int_at_least(1), default=1, help="generator processes (default: 1)")
     args = parser.parse_args(argv)
     if args.run is not None:
         try:
@@ -537,8 +536,5 @@ def show_command(name: str, argv=None) -> int:
             return 2
         print("\n".join(f"wrote {p}" for p in paths))
         return 0
-    data = ds.samples(args)
-    out = save_grid(data.images[:args.num], data.masks[:args.num], args.out or f"{name}_samples.png",
-                    ncols=args.ncols)
-    print(f"wrote {out} ({min(args.num, len(data))} samples, {data.meta.get('source')})")
-    return 0
+    args.out = args.out or f"{name}_samples.png"
+    return write_samples(ds.samples(args), args)

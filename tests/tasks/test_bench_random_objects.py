@@ -31,7 +31,6 @@ import pytest
 import torch
 
 from slots import hungarian_mse_loss, losses, pairwise_mse
-from slots.train import retain_freed_memory
 from tasks.random_objects.experiment import RandomObjectsConfig
 from tasks.random_objects.model import RandomObjectsModel
 from tasks.random_objects.profile import train_step
@@ -42,13 +41,7 @@ ROLES = [role for v in VARIANTS for role in ((f"{v} plain" if v != "sa" else "ba
 ROLES += [("sa-mesh torch", "sa-mesh", "torch"), ("sa-mesh wsg", "sa-mesh", "wsg")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    retain_freed_memory()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("bench_threads")
 
 
 def _plain_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
