@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..scenes.cache import cached
-from ..scenes.records import DataFormatError, SceneData, require_dir, require_file
+from ..scenes.records import DataFormatError, SceneData, require_dir, require_file, resize_images
 from ..scenes.render import (CLEVR_MIN_PIXELS, COLOR_NAMES, COLORS, MATERIALS, SHAPES, SIZES, Camera,
                              cached_scenes, check_generation, concat_blocks, directions, geometry_batch, project,
                              render, run_in_blocks, sample_geometry)
@@ -160,22 +160,6 @@ def set_prediction_targets(targets, presence) -> torch.Tensor:
         else:
             out[..., where] = targets[..., dspn[name]]
     return out * presence[..., None]
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize (antialiased, as PIL's) of uint8 images (N, 3, H, W) to uint8 (N, 3, size, size),
-    rounded; the images themselves when they already have that size. Works in chunks of 1,024 images."""
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"need uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    if tuple(images.shape[2:]) == (size, size):
-        return images
-    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
-    for start in range(0, len(images), 1024):
-        chunk = images[start:start + 1024].float()
-        small = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
-                                                align_corners=False)
-        out[start:start + 1024] = small.round_().clamp_(0, 255).to(torch.uint8)
-    return out
 
 
 def describe_set_predictions(pred) -> list[dict]:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from slots import OTConfig, SlotAutoencoder, fg_ari, fg_miou, image_autoencoder_config, native_bf16, to_model_range
 from slots.train import CHECKPOINT_NAME
-from tasks.scenes.records import DataFormatError, SceneData
+from tasks.scenes.records import DataFormatError, SceneData, resize_images
 from tasks.scenes.show import colorize_masks, show_parser, write_samples
 
 from .. import runner
@@ -111,17 +111,9 @@ class ImageSet:
     def __init__(self, data: SceneData, resolution: int):
         images, masks = data.images, data.masks
         if resolution != images.shape[-1]:
-            images = torch.cat([self._resize_images(images[s:s + 1024], resolution)
-                                for s in range(0, len(images), 1024)])  # chunks: no float copy of the whole set
+            images = resize_images(images, resolution)
             masks = F.interpolate(masks[:, None], size=(resolution, resolution), mode="nearest-exact")[:, 0]
         self.images, self.masks = images.contiguous(), masks.contiguous()  # (N, 3, R, R), (N, R, R)
-
-    @staticmethod
-    def _resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
-        """uint8 (n, 3, S, S) -> uint8 (n, 3, R, R), bilinear with antialiasing."""
-        x = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear", antialias=True,
-                          align_corners=False)
-        return x.round_().clamp_(0, 255).to(torch.uint8)
 
     def __len__(self) -> int:
         return self.images.shape[0]
