@@ -163,10 +163,14 @@ class Options:
         for name, (annotation, spec) in _declarations(type(self)).items():
             setattr(self, name, check_value(getattr(self, name), name, annotation, spec))
 
+    def train_size(self) -> int | None:
+        """Training examples of these options: ``n_train`` where there is one (None: not known here)."""
+        return getattr(self, "n_train", None)
+
     def validate(self, budget) -> None:
         """Raise ValueError for options that do not fit the training budget: by default the training set
-        (``n_train``, where there is one and it is set) must hold one batch."""
-        n_train = getattr(self, "n_train", None)
+        (:meth:`train_size`, where it is known) must hold one batch."""
+        n_train = self.train_size()
         if n_train is not None and n_train < budget.batch_size:
             raise ValueError(f"n_train ({n_train}) must be at least one batch ({budget.batch_size})")
 

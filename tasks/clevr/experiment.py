@@ -29,11 +29,9 @@ import torch
 
 from slots import CLEVR_AP_THRESHOLDS, clevr_average_precision, hungarian_huber_loss, native_bf16
 
-from ..pool import cores
 from ..options import OTOptions, option
 from ..runner import Budget, Data, Metric, Report, Task
-from ..scenes.records import DataFormatError
-from .data import SET_PREDICTION_LAYOUT, SET_PREDICTION_SLICES, load_clevr, resize_images, set_prediction_targets
+from .data import SET_PREDICTION_LAYOUT, SET_PREDICTION_SLICES, ClevrSet, load_split
 from .model import ClevrModelConfig, ClevrSetModel
 
 __all__ = ["ClevrConfig", "ClevrSet", "TASK", "BUDGETS", "VARIANTS", "PAPER_TABLE2", "PAPER_TABLE6",
@@ -70,7 +68,6 @@ PAPER_OTHERS = {  # the rows both tables copy from other papers
 PAPER_HOURS = {True: {"sa": 2.2, "sa-sh": 2.3, "sa-emd": 9.3, "sa-mesh": 2.4},
                False: {"sa": 2.4, "sa-sh": 2.5, "sa-emd": 9.7, "sa-mesh": 2.5}}
 
-GENERATOR_SEED = 0
 BUDGETS = {
     # The paper's schedule shrunk: the rate halves three times over the run, as 50k of 150k steps.
     "cpu": Budget(steps=3_600, batch_size=64, lr=4e-4, warmup_steps=200, decay_steps=1_200, eval_every=400,
@@ -114,58 +111,6 @@ class ClevrConfig(OTOptions):
 
     def run_folder(self, budget: str) -> str:
         return f"runs/clevr/{budget}{'-real' if self.data_dir else ''}{'' if self.implicit_grad else '-no-implicit'}"
-
-
-class ClevrSet:
-    """A CLEVR split ready for training, in memory.
-
-    Holds images uint8 (N, S, S, 3) (channels last) and targets float32 (N, 10, 19). ``ds[idx]`` with idx a
-    (b,) int64 tensor returns {"image": float32 (b, 3, S, S) in [-1, 1] in channels-last memory, "target":
-    (b, 10, 19)}: one gather and one conversion, no other copy.
-    """
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3 or len(targets) != len(images):
-            raise ValueError(f"need uint8 images (N, 3, S, S) and targets (N, K, D), got {tuple(images.shape)} "
-                             f"{images.dtype} and {tuple(targets.shape)}")
-        self.images = images.permute(0, 2, 3, 1).contiguous()  # (N, S, S, 3)
-        self.targets = targets
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, idx: torch.Tensor) -> dict:
-        image = self.images[idx].permute(0, 3, 1, 2).float()  # (b, 3, S, S), channels-last strides kept
-        return {"image": image.mul_(2 / 255).sub_(1), "target": self.targets[idx]}
-
-
-_LOADED: dict[str, tuple[tuple, ClevrSet]] = {}  # split -> (what was loaded, the set)
-
-
-def load_split(cfg: ClevrConfig, split: str, progress: bool = False) -> ClevrSet:
-    """The training ("train", ``cfg.n_train`` images) or evaluation ("val", ``cfg.n_test``) set of ``cfg``.
-
-    Generated scenes are built once and cached on disk (``tasks.clevr.data.load_clevr``); real ones are
-    read, checked and cached on first use. The last set of each split stays in memory for this process.
-
-    Raises:
-        MissingDataError / DataFormatError naming the file: a missing folder, scenes file or image, an
-        unknown attribute value, an image of the wrong size, or fewer scenes than asked for.
-    """
-    n = cfg.n_train if split == "train" else cfg.n_test
-    key = (cfg.data_dir, split, n, cfg.image_size)
-    if _LOADED.get(split, (None,))[0] != key:
-        workers = min(cores(), max(1, n // 256))
-        data = load_clevr(split, num_images=n, seed=GENERATOR_SEED, data_dir=cfg.data_dir, workers=workers,
-                          progress=progress)
-        if len(data) < n:
-            option = "--n-train" if split == "train" else "--n-test"
-            raise DataFormatError(f"CLEVR {split} scenes file under {data.meta.get('root')} has {len(data)} scenes, "
-                                  f"fewer than the {n} asked for ({option})")
-        dataset = ClevrSet(resize_images(data.images, cfg.image_size),
-                           set_prediction_targets(data.targets, data.presence))
-        _LOADED[split] = (key, dataset)
-    return _LOADED[split][1]
 
 
 _PARTS = SET_PREDICTION_SLICES

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -36,14 +35,14 @@ import torch.nn.functional as F
 
 from slots import fg_ari, fg_miou, image_autoencoder_config, native_bf16, temporal_consistency, to_model_range
 
-from ..pool import cores
+from ..object_discovery import grid_regions
 from ..options import OTOptions, option
 from ..runner import Budget, Data, Metric, Report, Task
-from .data import load_clevrer
+from .data import load_test, load_train, load_train_eval, prepare
 from .generate import SPLITS
 from .model import VideoModelConfig, VideoSlotAutoencoder, video_loss
-from .pictures import draw_video_slots
-from .real import VARIANT_FRAMES, official_video_ids
+from .pictures import draw_run_pictures
+from .real import VARIANT_FRAMES
 
 __all__ = ["ClevrerConfig", "Variant", "VARIANTS", "DEFAULT_VARIANTS", "PAPER_TABLE5", "BUDGETS", "TASK",
            "grid_regions", "draw_run_pictures"]
@@ -107,8 +106,7 @@ BUDGETS = {
 class ClevrerConfig(OTOptions):
     """Data and model options of the CLEVRER experiment (each field's help says what it is).
 
-    The OT options default to the official video configuration's: the cosine cost scaled by 6 (for every
-    variant, SA included), marginals of mass 18 and the raw plan. The noise transitions' scales are not given by
+    The OT options default to the official video configuration's (module docstring). The noise scales are not given by
     the paper; the official transition's default prior (variance 0.1, with samples of std e^l) puts its noise at
     std 0.1 where its KL term is smallest, and both baselines get that scale here. ``bf16`` None picks bfloat16
     where it is native (``slots.native_bf16``: CUDA, or a CPU with AVX-512 BF16 or AMX; elsewhere it is
@@ -162,59 +160,11 @@ class ClevrerConfig(OTOptions):
     def model_config(self, variant: str) -> dict:
         return self.model(variant).to_dict()
 
-    def validate(self, budget: Budget) -> None:
-        n_train = self.n_train or SPLITS["train"][1]
-        if n_train < budget.batch_size:
-            raise ValueError(f"n_train ({n_train}) must be at least one batch ({budget.batch_size})")
+    def train_size(self) -> int:
+        return self.n_train or SPLITS["train"][1]
 
     def run_folder(self, budget: str) -> str:
         return f"runs/clevrer/{self.data}{'_real' if self.data_dir else ''}/{budget}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Data
-
-
-class _Frames:
-    """The training pairs as the training loop reads them: ``ds[idx]`` -> uint8 (b, 2, 3, H, W)."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.images[idx]
-
-
-def _load(cfg: ClevrerConfig, split: str, n: int | None, progress: bool = True):
-    real = {} if cfg.data_dir is None else {"video_ids": official_video_ids(split)}
-    return load_clevrer(cfg.data, split, data_dir=cfg.data_dir, num_videos=n, seed=cfg.data_seed,
-                        workers=cores(), progress=progress, **real)
-
-
-def _load_train(cfg: ClevrerConfig, seed: int) -> _Frames:
-    return _Frames(_load(cfg, "train", cfg.n_train, progress=False).images)
-
-
-def _load_test(cfg: ClevrerConfig):
-    return _load(cfg, "test", cfg.n_test, progress=False)
-
-
-def _load_train_eval(cfg: ClevrerConfig, seed: int):
-    """The training pairs with their masks, for evaluation (the same for every seed)."""
-    return _load(cfg, "train", cfg.n_train, progress=False)
-
-
-def _prepare(cfg: ClevrerConfig, progress: bool) -> None:
-    """Reads (generates or decodes, and caches) both splits, checking every file before any training."""
-    for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
-        data = _load(cfg, split, n, progress)
-        want = (2, 3, 64, 64)
-        if tuple(data.images.shape[1:]) != want:
-            raise ValueError(f"CLEVRER-{cfg.data} {split} pairs are {tuple(data.images.shape[1:])}, the model "
-                             f"needs (T, C, H, W) = {want}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,17 +178,6 @@ def _build(cfg: ClevrerConfig, variant: str) -> VideoSlotAutoencoder:
 def _loss(model, frames: torch.Tensor) -> torch.Tensor:
     x = to_model_range(frames)  # (B, 2, 3, H, W) in [-1, 1]
     return video_loss(model(x), x)
-
-
-def grid_regions(n_regions: int, height: int, width: int) -> torch.Tensor:
-    """A fixed partition of the image into a grid of ``n_regions`` blocks (rows <= columns, as square as
-    ``n_regions`` allows): one-hot float (n_regions, height, width)."""
-    rows = max(r for r in range(1, int(math.isqrt(n_regions)) + 1) if n_regions % r == 0)
-    cols = n_regions // rows
-    ys = torch.arange(height) * rows // height  # (H,) block row of each pixel row
-    xs = torch.arange(width) * cols // width
-    ids = ys[:, None] * cols + xs[None, :]  # (H, W)
-    return F.one_hot(ids, n_regions).permute(2, 0, 1).float()
 
 
 def _scores(test, eval_batch: int, predict) -> dict:
@@ -278,24 +217,6 @@ def _baselines(cfg: ClevrerConfig, test) -> dict:
     return {GRID: {k: v for k, v in scores.items() if k != "mse"}}
 
 
-def draw_run_pictures(model: VideoSlotAutoencoder, test, cfg: ClevrerConfig, variant: str, run_dir: Path,
-                      seed: int = 0) -> Path | None:
-    """Draw ``run_dir / "pictures.png"`` (``tasks.clevrer.pictures``) for the first ``cfg.n_pictures`` test pairs;
-    the model's random draws (slot initialization, noise) use ``seed``. Returns the path, or None for 0 pictures."""
-    n = min(cfg.n_pictures, len(test))
-    if n == 0:
-        return None
-    device = next(model.parameters()).device
-    frames = test.images[:n]
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(seed)
-        out = model(to_model_range(frames.to(device)))
-    name = VARIANTS[variant].name if variant in VARIANTS else variant
-    title = (f"{name}, {run_dir.name}, CLEVRER-{cfg.data}: rows are frames (two per test pair); slot k has the "
-             "same colour in both frames")
-    return draw_video_slots(frames, test.masks[:n], out.recon, out.masks, run_dir / "pictures.png", title)
-
-
 def _paper(cfg: ClevrerConfig) -> dict:
     return PAPER_TABLE5[cfg.data]
 
@@ -316,7 +237,7 @@ def _describe(cfg: ClevrerConfig, budget: Budget, seeds: int) -> str:
 TASK = Task(
     name="clevrer", config=ClevrerConfig, variants={v: row.name for v, row in VARIANTS.items()},
     default_variants=DEFAULT_VARIANTS,
-    data=Data(load_train=_load_train, load_test=_load_test, prepare=_prepare, load_train_eval=_load_train_eval),
+    data=Data(load_train=load_train, load_test=load_test, prepare=prepare, load_train_eval=load_train_eval),
     build=_build, loss=_loss, evaluate=_evaluate,
     report=Report(metrics=(Metric("fg_ari", "FG-ARI", fmt=".1f"), Metric("fg_miou", "FG-mIoU", fmt=".1f"),
                            Metric("tc", "TC", fmt=".1f"), Metric("mse", "test MSE", lower_is_better=True, fmt=".4f")),

@@ -61,7 +61,7 @@ from ..runner import Budget, Data, Metric, Report, Task
 from ..runs import load_run
 
 __all__ = ["ModelSpec", "ImageSet", "check_scenes", "build_model", "reconstruction_loss", "evaluate",
-           "fixed_region_masks", "evaluate_fixed_regions", "save_examples", "VARIANT_COSTS", "VARIANT_NAMES",
+           "fixed_region_masks", "grid_regions", "evaluate_fixed_regions", "save_examples", "VARIANT_COSTS", "VARIANT_NAMES",
            "ObjectDiscoveryConfig", "ImageDataset", "make_task", "prepare", "load_split", "METRICS", "EXAMPLES",
            "show_runs", "show_command", "paper_budget", "command"]
 
@@ -203,6 +203,17 @@ def fixed_region_masks(n_regions: int, resolution: int, iters: int = 50) -> torc
     return F.one_hot(assign, n_regions).T.reshape(n_regions, resolution, resolution).float()
 
 
+def grid_regions(n_regions: int, height: int, width: int) -> torch.Tensor:
+    """A fixed partition of the image into a grid of ``n_regions`` blocks (rows <= columns, as square as
+    ``n_regions`` allows): one-hot float (n_regions, height, width)."""
+    rows = max(r for r in range(1, int(math.isqrt(n_regions)) + 1) if n_regions % r == 0)
+    cols = n_regions // rows
+    ys = torch.arange(height) * rows // height  # (H,) block row of each pixel row
+    xs = torch.arange(width) * cols // width
+    ids = ys[:, None] * cols + xs[None, :]  # (H, W)
+    return F.one_hot(ids, n_regions).permute(2, 0, 1).float()
+
+
 def evaluate_fixed_regions(data: ImageSet, n_regions: int, batch_size: int = 256) -> dict[str, float]:
     """FG-ARI and FG-mIoU in percent of :func:`fixed_region_masks` on every image of ``data``."""
     regions = fixed_region_masks(n_regions, data.images.shape[-1])
@@ -312,6 +323,9 @@ class ObjectDiscoveryConfig(OTOptions):
 
     def model_config(self, variant: str) -> dict:
         return _build(self, variant).config.to_dict()
+
+    def train_size(self) -> int | None:
+        return self.n_train or (self.data_set().sizes["train"] if self.dataset else None)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slots import hungarian_mse_loss, normalized_hungarian_rmse
+from slots import hungarian_mse_loss, normalized_hungarian_rmse, plan_entropy
 
 from ..options import OTOptions, option
 from ..runner import Budget, Data, Metric, Report, Task
@@ -167,22 +167,6 @@ def _evaluate(model, test, cfg: RandomObjectsConfig) -> dict:
     if is_ot:
         metrics["background_mass"] = float(torch.cat(zero_mass).mean())
     return metrics
-
-
-def plan_entropy(plan: torch.Tensor) -> torch.Tensor:
-    """The entropy of each slot's attention column, normalized to sum 1, averaged over the slots.
-
-    log(k + h) (4.65 for 105 inputs) for a slot that attends to every input alike, 0 for one that attends to
-    a single input; MESH lowers it for the OT variants (Sec. 4).
-
-    Args:
-        plan: (B, n, m) last-iteration attention plan, rows are inputs, columns are slots.
-
-    Returns:
-        (B,) mean over the m slots of -sum_i w_ij log w_ij, w = each column of the plan divided by its sum.
-    """
-    w = plan / plan.sum(1, keepdim=True).clamp_min(1e-30)  # (B, n, m): columns sum to 1
-    return -(w * w.clamp_min(1e-30).log()).sum(1).mean(1)
 
 
 IDEAL_ROUTING = "ideal routing, linear read-out"
