@@ -34,8 +34,9 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 from slots import COSTS, MARGINAL_INPUTS, MESH_OBJECTIVES, OTConfig
 
 import kernels
+from kernels import check_int
 
-__all__ = ["Alias", "Spec", "option", "Options", "OTOptions", "check_int", "check_value", "add_arguments",
+__all__ = ["Alias", "Spec", "option", "Options", "OTOptions", "check_value", "add_arguments",
            "given", "int_at_least", "positive_float", "float_at_least_zero", "unit_interval", "BACKENDS",
            "MESH_ONLY"]
 
@@ -74,11 +75,9 @@ def option(default=MISSING, help: str = "", *, default_factory=MISSING, **spec) 
 # Validation
 
 
-def check_int(value, name: str, minimum: int | None = None) -> int:
-    """``value`` if it is an integer (not a bool) >= ``minimum``, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
+def _check_integer(value, name: str, minimum: int | None) -> int:
+    """``value`` as an int if it is an integer (not a bool) >= ``minimum`` (``kernels.check_int``)."""
+    check_int(value, name, minimum)
     return int(value)
 
 
@@ -134,7 +133,7 @@ def check_value(value, name: str, annotation, spec: Spec):
             raise ValueError(f"{name} must be a bool, got {value!r}")
         return value
     if int in types and float not in types:
-        return check_int(value, name, None if spec.minimum is None else int(spec.minimum))
+        return _check_integer(value, name, None if spec.minimum is None else int(spec.minimum))
     if float in types:
         return _check_number(value, name, spec)
     if str in types and not isinstance(value, str):

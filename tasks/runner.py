@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from emd_cpp import EMDUnavailableError
+from kernels import check_int
 from slots import tensorboard
 from slots.attention import check_available
 from slots.checkpoint import lock_folder
@@ -250,9 +251,8 @@ class Experiment:
     tensorboard: bool = False
 
     def __post_init__(self):
-        jobs = self.jobs
-        if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-            raise ValueError(f"jobs must be an integer >= 1 or None (one per core), got {self.jobs!r}")
+        if self.jobs is not None:  # None: one per core
+            check_int(self.jobs, "jobs", 1)
 
     def train_config(self, task: Task, variant: str, seed: int, num_threads: int | None = None,
                      progress: bool | None = None) -> TrainConfig:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kernels import check_int
 from slots import OTConfig, SlotAutoencoder, fg_ari, fg_miou, image_autoencoder_config, native_bf16, to_model_range
 from slots.train import CHECKPOINT_NAME
 from tasks.scenes.records import DataFormatError, SceneData, resize_images
@@ -183,8 +184,7 @@ def fixed_region_masks(n_regions: int, resolution: int, iters: int = 50) -> torc
     Returns:
         (K, R, R) float one-hot masks (every pixel in exactly one region; no region empty).
     """
-    if isinstance(n_regions, bool) or not isinstance(n_regions, int) or n_regions < 1:
-        raise ValueError(f"n_regions must be an integer >= 1, got {n_regions!r}")
+    check_int(n_regions, "n_regions", 1)
     if resolution * resolution < n_regions:
         raise ValueError(f"{n_regions} regions do not fit in {resolution}x{resolution} pixels")
     c = (torch.arange(resolution, dtype=torch.float64) + 0.5) / resolution
