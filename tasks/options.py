@@ -31,10 +31,9 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-from slots import COSTS, MARGINAL_INPUTS, MESH_OBJECTIVES, OTConfig
-
 import kernels
 from kernels import check_int
+from slots import COSTS, MARGINAL_INPUTS, MESH_OBJECTIVES, OTConfig
 
 __all__ = ["Alias", "Spec", "option", "Options", "OTOptions", "check_value", "add_arguments",
            "given", "int_at_least", "positive_float", "float_at_least_zero", "unit_interval", "BACKENDS",

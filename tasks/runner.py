@@ -1,9 +1,10 @@
 """The one experiment runner of the paper's tasks: variants x seeds, parallel runs, resume, the table next to
 the paper's figures, a plot of the headline metric against steps, and the command line.
 
-A task is a spec, :class:`Task`: its name, a dataclass of data and model options, functions that load the
-data, build the model of a variant, compute the loss and evaluate, the metrics of its table, the paper's
-figures and named training budgets. Everything else is here, once::
+A task is a spec, :class:`Task`: its name, a dataclass of data and model options (whose fields are the task's
+command line, ``tasks.options``), functions that load the data (:class:`Data`), build the model of a variant,
+compute the loss and evaluate, the table and the paper's figures (:class:`Report`) and named training budgets.
+Everything else is here, once::
 
     TASK = Task(name="my_task", config=MyConfig, variants={"sa": "SA", "sa-mesh": "SA-MESH"}, ...)
 
@@ -11,9 +12,9 @@ figures and named training budgets. Everything else is here, once::
         sys.exit(runner.main(TASK))
 
 Every (variant, seed) is one run of :func:`slots.train.train` in ``<out>/<variant>/seed<s>/``: the seed fixes
-the initial parameters, the training data (``task.data.load_train(cfg, seed)``) and the data order; the test data
-(``task.data.load_test(cfg)``) is the same for every run. A task's ``data.prepare(cfg, progress)`` runs once before any
-training (data caches built, data files checked). The summary goes to ``<out>/``:
+the initial parameters, the training data (``task.data.load_train(cfg, seed)``) and the data order; the test
+data (``task.data.load_test(cfg)``) is the same for every run. A task's ``data.prepare(cfg, progress)`` runs
+once before any training (data caches built, data files checked). The summary goes to ``<out>/``:
 
     table.md, table.json    per variant: each metric aggregated over seeds (the median with its range, or
                             the mean and standard deviation), the paper's figures labelled as the paper's,
@@ -512,7 +513,8 @@ def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
     config = {**asdict(exp.config), **{k: v for k, v in asdict(exp.budget).items() if k != "overrides"},
               "variants": list(exp.variants), "seeds": exp.seeds, "out": exp.out}
     return {"task": task.name, "config": config, "describe": task.report.describe(exp.config, exp.budget, exp.seeds),
-            "paper_label": task.label(exp.config), "aggregate": task.report.aggregate, "rows": rows, "baselines": baselines,
+            "paper_label": task.label(exp.config), "aggregate": task.report.aggregate, "rows": rows,
+            "baselines": baselines,
             "curves": curves}
 
 

@@ -89,7 +89,8 @@ def draw_video_slots(images: torch.Tensor, gt: torch.Tensor, recon: torch.Tensor
 def draw_run_pictures(model, test, cfg, variant: str, run_dir: Path,
                       seed: int = 0) -> Path | None:
     """Draw ``run_dir / "pictures.png"`` (``tasks.clevrer.pictures``) for the first ``cfg.n_pictures`` test pairs
-    (``cfg`` a ``tasks.clevrer.experiment.ClevrerConfig``); the model's random draws (slot initialization, noise) use ``seed``. Returns the path, or None for 0 pictures."""
+    (``cfg`` a ``tasks.clevrer.experiment.ClevrerConfig``); the model's random draws (slot initialization,
+    noise) use ``seed``. Returns the path, or None for 0 pictures."""
     n = min(cfg.n_pictures, len(test))
     if n == 0:
         return None

@@ -37,7 +37,6 @@ image grid for the App. F.3 encoder (stride 1).
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
@@ -62,7 +61,8 @@ from ..runner import Budget, Data, Metric, Report, Task
 from ..runs import load_run
 
 __all__ = ["ModelSpec", "ImageSet", "check_scenes", "build_model", "reconstruction_loss", "evaluate",
-           "fixed_region_masks", "grid_regions", "evaluate_fixed_regions", "save_examples", "VARIANT_COSTS", "VARIANT_NAMES",
+           "fixed_region_masks", "grid_regions", "evaluate_fixed_regions", "save_examples", "VARIANT_COSTS",
+           "VARIANT_NAMES",
            "ObjectDiscoveryConfig", "ImageDataset", "make_task", "prepare", "load_split", "METRICS", "EXAMPLES",
            "show_runs", "show_command", "paper_budget", "command"]
 
@@ -137,7 +137,8 @@ def build_model(spec: ModelSpec, variant: str, resolution: int, n_iters: int = 3
     if variant not in VARIANT_COSTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANT_COSTS)}")
     cfg = image_autoencoder_config(
-        spec.n_slots, variant, VARIANT_COSTS[variant] if cost is None or variant == "sa" else cost, resolution=resolution, channels=spec.channels,
+        spec.n_slots, variant, VARIANT_COSTS[variant] if cost is None or variant == "sa" else cost,
+        resolution=resolution, channels=spec.channels,
         slot_dim=spec.slot_dim, mlp_hidden=spec.mlp_hidden, n_iters=n_iters, init=init,
         ot=ot if ot is not None else OTConfig(normalize_plan=False),
         bf16=fast and native_bf16(), channels_last=fast,

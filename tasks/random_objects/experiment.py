@@ -56,7 +56,8 @@ BUDGETS = {
     "paper": Budget(steps=20_000, batch_size=64, lr=4e-4, warmup_steps=10_000, decay_steps=100_000, grad_clip=0.1,
                     note="the paper's: 20 epochs of 1,000 steps, the official optimizer settings"),
     "quick": Budget(steps=1_500, batch_size=64, eval_every=250, ckpt_every=500, overrides={"n_test": 1_280},
-                    shortcut=True, note="a check that the pipeline runs (not a result), about two minutes for all four variants "
+                    shortcut=True,
+                    note="a check that the pipeline runs (not a result), about two minutes for all four variants "
                          "on two CPU cores"),
 }
 

@@ -975,7 +975,8 @@ def concat_blocks(parts: list, empty_images: tuple, empty_masks: tuple) -> tuple
 
 
 def cached_scenes(name: str, split: str, num_images: int | None, seed: int, splits, image_size: int, version: str,
-                  generate, workers: int = 1, progress: bool = True, cache_dir=None) -> tuple[dict[str, np.ndarray], dict]:
+                  generate, workers: int = 1, progress: bool = True,
+                  cache_dir=None) -> tuple[dict[str, np.ndarray], dict]:
     """(arrays, meta) of ``num_images`` generated scenes of ``split`` (None: the split's size, ``splits[split][1]``),
     from the cache ``<name>-<split>`` (``tasks.scenes.cache``, keyed by the generator's ``version`` and
     ``RENDER_VERSION``) or built by ``generate(n, seed, split, workers=, progress=)``; meta is the SceneData's
