@@ -42,7 +42,8 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -53,9 +54,10 @@ from emd_cpp import EMDUnavailableError
 from kernels import check_int
 from slots import tensorboard
 from slots.attention import check_available
-from slots.checkpoint import lock_folder
-from slots.train import (METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, CheckpointError, RunFolderWriteError, TrainConfig,
-                         TrainingInterrupted, check_resumable, dist_info, is_main_process, seed_everything, train)
+from slots.checkpoint import jsonable, load_checkpoint, lock_folder
+from slots.train import (CHECKPOINT_NAME, METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, CheckpointError,
+                         RunFolderWriteError, TrainConfig, TrainingInterrupted, check_resumable, dist_info,
+                         is_main_process, seed_everything, train)
 
 from . import options
 from .options import BACKENDS, float_at_least_zero, int_at_least, positive_float, unit_interval
@@ -275,12 +277,39 @@ def run_dir(exp: Experiment, variant: str, seed: int) -> Path:
 
 
 def task_config(task: Task, exp: Experiment, variant: str, seed: int) -> dict:
-    """What fixes a run's data and model (stored in its checkpoints and compared on resume)."""
+    """What fixes a run's data and model (stored in its checkpoints and compared on resume).
+
+    An option that a run folder's stored configuration does not have (one added to the task since the run was
+    written) is left out while it keeps its default, so that the run still resumes: its model configuration,
+    stored and compared too, still has to match.
+    """
     config = {**asdict(exp.config), "variant": variant, "seed": seed}
     model_config = getattr(exp.config, "model_config", None)
     if model_config is not None:
         config["model"] = model_config(variant)
+    stored = _stored_task_config(run_dir(exp, variant, seed))
+    if stored is not None:
+        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                    for f in fields(exp.config) if f.default is not MISSING or f.default_factory is not MISSING}
+        config = {k: v for k, v in config.items()
+                  if k in stored or k not in defaults or jsonable(v) != jsonable(defaults[k])}
     return config
+
+
+def _stored_task_config(folder: Path) -> dict | None:
+    """The task configuration stored in a run folder (its results, else its checkpoints); None if none can be
+    read (the checks of the run folder then say why)."""
+    try:
+        if (folder / RESULTS_NAME).is_file():
+            return json.loads((folder / RESULTS_NAME).read_text())["task_config"]
+        for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
+            if (folder / name).is_file():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return load_checkpoint(folder / name)["task_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
 
 
 def _check_out(out: str) -> None:

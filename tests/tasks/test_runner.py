@@ -410,3 +410,18 @@ def test_schedule_starts_the_costliest_runs_first():
     best = min(max(sum(cost[v] for v in part), sum(cost.values()) - sum(cost[v] for v in part))
                for part in (("sa-emd",), ("sa-emd", "sa"), ("sa-emd", "sa-sh"), ("sa-emd", "sa-mesh")))
     assert max(ends) == pytest.approx(best)
+
+
+def test_an_option_added_since_a_run_was_written_keeps_it_resumable(tmp_path):
+    argv = ["--jobs", "1", "--threads", "1", "--no-progress", "--variant", "sa", "--out", tmp_path / "toy"]
+    assert run_main(argv)[0] == 0
+
+    @dataclass
+    class Newer(ToyConfig):
+        extra: int = option(0, "an option the task gained after the run", minimum=0)
+
+    newer = dataclasses.replace(TOY, config=Newer)
+    code, stdout, stderr = run_main([*argv, "--resume"], newer)
+    assert code == 0 and "== Plain" not in stdout, stderr  # reused: the new option keeps its default
+    code, _, stderr = run_main([*argv, "--resume", "--extra", "1"], newer)
+    assert code == 2 and "differs in: extra" in stderr
