@@ -14,10 +14,11 @@ On CPU tensors these run the fused C++ loops (``kernels.cpp_ot``); on CUDA tenso
 ``kernels.reference`` holds the plain-autograd referees.
 """
 from . import mesh
+from ._checks import check_int
 from .backends import BACKENDS, MeshParams
 from .exact import emd, emd_attention
 from .ot import sinkhorn
 from .reference import entropy_ref, mesh_official_ref, mesh_ref, sinkhorn_ref
 
 __all__ = ["sinkhorn", "mesh", "emd", "emd_attention", "BACKENDS", "MeshParams", "sinkhorn_ref", "mesh_ref",
-           "mesh_official_ref", "entropy_ref"]
+           "mesh_official_ref", "entropy_ref", "check_int"]

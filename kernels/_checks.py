@@ -27,9 +27,12 @@ def check_tau(tau: float, name: str = "tau") -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {tau!r}")
 
 
-def check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def check_int(value, name: str, minimum: int | None = None) -> None:
+    """ValueError naming ``name`` unless ``value`` is an integer (not a bool) >= ``minimum`` (None: any): the one
+    wording of this check in the code base."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
 
 
 def check_float(value, name: str, nonnegative: bool = False) -> None:

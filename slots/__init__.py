@@ -17,6 +17,7 @@ from .metrics import (
     fg_ari,
     fg_miou,
     normalized_hungarian_rmse,
+    plan_entropy,
     temporal_consistency,
 )
 from .pretrained import PretrainedError, load_pretrained, save_pretrained
@@ -61,6 +62,7 @@ __all__ = [
     "fg_ari",
     "fg_miou",
     "temporal_consistency",
+    "plan_entropy",
     "SlotAutoencoder",
     "SlotAutoencoderConfig",
     "AutoencoderOutput",

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import emd_cpp
-from kernels import BACKENDS, emd_attention, sinkhorn
+from kernels import BACKENDS, check_int, emd_attention, sinkhorn
 from kernels.mesh import mesh
 
 from .mesh_variants import MeshVariant
@@ -70,11 +70,6 @@ __all__ = ["OTConfig", "SlotAttentionConfig", "SlotAttention", "COSTS", "ATTENTI
 
 MESH_OBJECTIVES = ("entropy", "learned")
 MARGINAL_INPUTS = ("normalized", "raw")
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_positive_float(name: str, value, allow_zero: bool = False) -> None:
@@ -140,8 +135,8 @@ class OTConfig:
     similarity_alpha: float = 0.0
 
     def __post_init__(self):
-        _check_positive_int("OTConfig.n_sh_iters", self.n_sh_iters)
-        _check_positive_int("OTConfig.mesh_iters", self.mesh_iters, minimum=0)
+        check_int(self.n_sh_iters, "OTConfig.n_sh_iters", 1)
+        check_int(self.mesh_iters, "OTConfig.mesh_iters", 0)
         _check_positive_float("OTConfig.tau", self.tau)
         _check_positive_float("OTConfig.cost_scale", self.cost_scale)
         if self.marginal_scale is not None:
@@ -215,7 +210,7 @@ class SlotAttentionConfig:
 
     def __post_init__(self):
         for name in ("n_slots", "dim", "input_dim", "n_iters", "mlp_hidden"):
-            _check_positive_int(name, getattr(self, name))
+            check_int(getattr(self, name), name, 1)
         for name, table in (("variant", ATTENTION_VARIANTS), ("cost", COSTS), ("init", SLOT_INITS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {sorted(table)}")

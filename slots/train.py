@@ -47,6 +47,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from kernels import check_int
+
 from . import tensorboard
 from .checkpoint import (CHECKPOINT_NAME, METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, FORMAT, CheckpointError,
                          CheckpointWarning, LockHeld, RunFolderWriteError, atomic_write, capture_rng, check_resumable,
@@ -169,14 +171,14 @@ class TrainConfig:
 
     def __post_init__(self):
         self.out_dir = str(self.out_dir)
-        _check_int("steps", self.steps, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("warmup_steps", self.warmup_steps, 0)
-        _check_int("decay_steps", self.decay_steps, 1)
-        _check_int("seed", self.seed, 0)
-        _check_int("log_every", self.log_every, 1)
-        _check_int("eval_every", self.eval_every, 0)
-        _check_int("ckpt_every", self.ckpt_every, 0)
+        check_int(self.steps, "steps", 1)
+        check_int(self.batch_size, "batch_size", 1)
+        check_int(self.warmup_steps, "warmup_steps", 0)
+        check_int(self.decay_steps, "decay_steps", 1)
+        check_int(self.seed, "seed", 0)
+        check_int(self.log_every, "log_every", 1)
+        check_int(self.eval_every, "eval_every", 0)
+        check_int(self.ckpt_every, "ckpt_every", 0)
         _check_float("lr", self.lr, positive=True)
         _check_float("weight_decay", self.weight_decay)
         _check_float("grad_clip", self.grad_clip)
@@ -187,7 +189,7 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.num_threads is not None:
-            _check_int("num_threads", self.num_threads, 1)
+            check_int(self.num_threads, "num_threads", 1)
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.startswith("cuda:")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}")
@@ -196,11 +198,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.resume_previous and not self.resume:
             raise ValueError("resume_previous needs resume=True")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_float(name: str, value, positive: bool = False) -> None:
@@ -224,7 +221,7 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
 
 def seed_everything(seed: int) -> None:
     """Seed python's ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
-    _check_int("seed", seed, 0)
+    check_int(seed, "seed", 0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds all CUDA devices

@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import check_int
+
 from .attention import SlotAttention, SlotAttentionConfig
 
 __all__ = [
@@ -60,11 +62,6 @@ __all__ = [
     "SpatialBroadcastDecoder", "SlotAutoencoder", "AutoencoderOutput", "build_grid", "to_model_range",
     "image_autoencoder_config", "native_bf16",
 ]
-
-
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _int_tuple(name: str, value, length: int | None = None) -> tuple[int, ...]:
@@ -76,7 +73,7 @@ def _int_tuple(name: str, value, length: int | None = None) -> tuple[int, ...]:
         want = f"{length} integers" if length is not None else "at least one integer"
         raise ValueError(f"{name} must have {want}, got {value!r}")
     for v in out:
-        _check_int(name, v)
+        check_int(v, name, 1)
     return out
 
 
@@ -88,7 +85,7 @@ def _layers(owner: str, channels, strides) -> tuple[tuple[int, ...], tuple[int, 
 
 
 def _check_kernel(name: str, k) -> None:
-    _check_int(name, k)
+    check_int(k, name, 1)
     if k % 2 == 0:
         raise ValueError(f"{name} must be odd (for 'same' padding), got {k}")
 
@@ -126,7 +123,7 @@ class SoftPositionEmbed(nn.Module):
 
     def __init__(self, dim: int, resolution: tuple[int, int]):
         super().__init__()
-        _check_int("dim", dim)
+        check_int(dim, "dim", 1)
         self.resolution = _int_tuple("resolution", resolution, 2)
         self.dense = nn.Linear(4, dim)
         self.register_buffer("grid", build_grid(self.resolution), persistent=False)
@@ -173,11 +170,11 @@ class EncoderConfig:
         self.channels, self.strides = _layers("EncoderConfig", self.channels, self.strides)
         self.resolution = _int_tuple("EncoderConfig.resolution", self.resolution, 2)
         _check_kernel("EncoderConfig.kernel_size", self.kernel_size)
-        _check_int("EncoderConfig.in_channels", self.in_channels)
-        _check_int("EncoderConfig.out_dim", self.out_dim)
+        check_int(self.in_channels, "EncoderConfig.in_channels", 1)
+        check_int(self.out_dim, "EncoderConfig.out_dim", 1)
         if self.mlp_hidden is None:
             self.mlp_hidden = self.channels[-1]
-        _check_int("EncoderConfig.mlp_hidden", self.mlp_hidden)
+        check_int(self.mlp_hidden, "EncoderConfig.mlp_hidden", 1)
 
     @property
     def feature_resolution(self) -> tuple[int, int]:
@@ -211,12 +208,12 @@ class DecoderConfig:
     out_channels: int = 3
 
     def __post_init__(self):
-        _check_int("DecoderConfig.slot_dim", self.slot_dim)
+        check_int(self.slot_dim, "DecoderConfig.slot_dim", 1)
         self.channels, self.strides = _layers("DecoderConfig", self.channels, self.strides)
         self.broadcast = _int_tuple("DecoderConfig.broadcast", self.broadcast, 2)
         _check_kernel("DecoderConfig.kernel_size", self.kernel_size)
         _check_kernel("DecoderConfig.out_kernel_size", self.out_kernel_size)
-        _check_int("DecoderConfig.out_channels", self.out_channels)
+        check_int(self.out_channels, "DecoderConfig.out_channels", 1)
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -280,7 +277,7 @@ def image_autoencoder_config(n_slots: int, variant: str, cost: str, *, resolutio
     convolutions 5 x 5, stride 1, ``channels`` wide, MLP to ``channels``; decoder: broadcast at the full
     resolution, 3 convolutions 5 x 5 and a 3 x 3 one. ``ot`` is an ``slots.OTConfig`` (or None: its defaults).
     """
-    _check_int("resolution", resolution, 4)
+    check_int(resolution, "resolution", 4)
     sa_kw = {} if ot is None else {"ot": ot}
     return SlotAutoencoderConfig(
         encoder=EncoderConfig(channels=(channels,) * 4, resolution=(resolution, resolution), out_dim=channels),

@@ -39,6 +39,8 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+from kernels import check_int
+
 __all__ = ["Source", "DataSet", "DATASETS", "FetchError", "fetch", "main"]
 
 CHUNK = 1 << 20  # bytes per read and per hash update
@@ -376,8 +378,7 @@ def fetch(name: str, to: str | Path, url_base: str | None = None, retries: int =
     """
     if name not in datasets:
         raise ValueError(f"unknown data set {name!r}; choose from {', '.join(datasets)}")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    check_int(retries, "retries", 0)
     spec, root = datasets[name], Path(to).expanduser()
     if root.exists() and not root.is_dir():
         raise ValueError(f"--to {root} is a file; choose a folder")

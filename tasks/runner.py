@@ -1,9 +1,10 @@
 """The one experiment runner of the paper's tasks: variants x seeds, parallel runs, resume, the table next to
 the paper's figures, a plot of the headline metric against steps, and the command line.
 
-A task is a spec, :class:`Task`: its name, a dataclass of data and model options, functions that load the
-data, build the model of a variant, compute the loss and evaluate, the metrics of its table, the paper's
-figures and named training budgets. Everything else is here, once::
+A task is a spec, :class:`Task`: its name, a dataclass of data and model options (whose fields are the task's
+command line, ``tasks.options``), functions that load the data (:class:`Data`), build the model of a variant,
+compute the loss and evaluate, the table and the paper's figures (:class:`Report`) and named training budgets.
+Everything else is here, once::
 
     TASK = Task(name="my_task", config=MyConfig, variants={"sa": "SA", "sa-mesh": "SA-MESH"}, ...)
 
@@ -11,16 +12,16 @@ figures and named training budgets. Everything else is here, once::
         sys.exit(runner.main(TASK))
 
 Every (variant, seed) is one run of :func:`slots.train.train` in ``<out>/<variant>/seed<s>/``: the seed fixes
-the initial parameters, the training data (``task.load_train(cfg, seed)``) and the data order; the test data
-(``task.load_test(cfg)``) is the same for every run. A task's ``prepare(cfg, progress)`` runs once before any
-training (data caches built, data files checked). The summary goes to ``<out>/``:
+the initial parameters, the training data (``task.data.load_train(cfg, seed)``) and the data order; the test
+data (``task.data.load_test(cfg)``) is the same for every run. A task's ``data.prepare(cfg, progress)`` runs
+once before any training (data caches built, data files checked). The summary goes to ``<out>/``:
 
     table.md, table.json    per variant: each metric aggregated over seeds (the median with its range, or
                             the mean and standard deviation), the paper's figures labelled as the paper's,
                             the per-seed values of the headline metric, the step time (and the paper's
                             training time, when the task gives it); rows for the paper's other methods;
                             table.json adds the per-step curves
-    <task.plot_file>        the headline metric on the test data against training steps
+    <report.plot_file>      the headline metric on the test data against training steps
 
 Runs are independent, so ``--jobs`` trains several at once, each in its own spawned process (one per core
 by default on CPU); every run is seeded and built the same way in a worker as in this process, so results do
@@ -41,27 +42,29 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-import kernels
 from emd_cpp import EMDUnavailableError
+from kernels import check_int
 from slots import tensorboard
 from slots.attention import check_available
-from slots.checkpoint import lock_folder
-from slots.train import (METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, CheckpointError, RunFolderWriteError, TrainConfig,
-                         TrainingInterrupted, check_resumable, dist_info, is_main_process, seed_everything, train)
+from slots.checkpoint import jsonable, load_checkpoint, lock_folder
+from slots.train import (CHECKPOINT_NAME, METRICS_NAME, PREVIOUS_NAME, RESULTS_NAME, CheckpointError,
+                         RunFolderWriteError, TrainConfig, TrainingInterrupted, check_resumable, dist_info,
+                         is_main_process, seed_everything, train)
 
+from . import options
+from .options import BACKENDS, float_at_least_zero, int_at_least, positive_float, unit_interval
 from .pool import cores, run_jobs
 
-__all__ = ["Metric", "Budget", "Task", "Experiment", "run", "format_table", "build_parser", "experiment_from_args",
-           "main", "require_one_batch", "schedule", "BACKENDS"]
-
-BACKENDS = ("auto", *kernels.BACKENDS)
+__all__ = ["Metric", "Budget", "Data", "Report", "Task", "Experiment", "run", "format_table", "build_parser",
+           "experiment_from_args", "main", "entry_points", "schedule", "BACKENDS"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ class Budget:
     options it changes (``overrides``, e.g. fewer training images for a CPU budget).
 
     ``warmup_steps`` None is min(1,000, steps / 20); ``decay_steps`` None is steps / 4 (the rate halves every
-    quarter of the run).
+    quarter of the run): :meth:`warmup` and :meth:`decay` resolve them. ``shortcut``: the command line also
+    selects this budget with ``--<name>`` (e.g. ``--quick``).
     """
 
     steps: int
@@ -101,90 +105,122 @@ class Budget:
     ckpt_every: int = 1_000
     overrides: Mapping[str, Any] = field(default_factory=dict)
     note: str = ""
+    shortcut: bool = False
+
+    def warmup(self) -> int:
+        """Linear warm-up steps: ``warmup_steps``, or min(1,000, steps / 20) when it is None."""
+        return min(1_000, self.steps // 20) if self.warmup_steps is None else self.warmup_steps
+
+    def decay(self) -> int:
+        """Steps per factor ``decay_rate`` of the rate: ``decay_steps``, or steps / 4 when it is None."""
+        return max(1, self.steps // 4) if self.decay_steps is None else self.decay_steps
 
 
 @dataclass(frozen=True)
-class Task:
-    """What makes an experiment: the data, the model, the loss, the evaluation and the paper's table.
+class Data:
+    """How a task reads its data.
 
     Attributes:
-        name: run-folder and checkpoint id.
-        config: dataclass of the data and model options (``asdict`` JSON-serializable); it may have a
-            ``backend`` field (the OT backend), which ``--backend`` sets.
-        variants: variant -> display name, in table order. default_variants: trained without ``--variant``.
         load_train: ``(cfg, seed) -> dataset`` with ``len()`` and ``ds[idx]`` for idx a (b,) int64 tensor.
-        load_test: ``(cfg) -> test data``, whatever ``evaluate`` takes.
-        build: ``(cfg, variant) -> nn.Module``, called right after seeding.
-        loss: ``(model, batch) -> () tensor``, a mean over the batch.
-        evaluate: ``(model, test, cfg) -> {metric key: float}``.
+        load_test: ``(cfg) -> test data``, whatever ``Task.evaluate`` takes.
+        prepare: optional ``(cfg, progress)``, called once in this process before any run is trained or any
+            run folder written: build data caches, check data files (raises ValueError naming the file).
+        load_train_eval: optional ``(cfg, seed) -> data``: the training data in the form ``evaluate`` takes,
+            for a task whose ``load_train`` gives another form (None: ``load_train``'s data is evaluated).
+    """
+
+    load_train: Callable[[Any, int], Any]
+    load_test: Callable[[Any], Any]
+    prepare: Callable[[Any, bool], None] | None = None
+    load_train_eval: Callable[[Any, int], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """How the runs of a task are judged and shown: the table, the paper's figures, the plot, the pictures.
+
+    Attributes:
         metrics: the table's metrics; the first is the headline (per-seed values, plot).
         paper: ``(cfg) -> {variant or baseline name: {metric key: figure or (mean, std)}}``, the paper's. A name
             that is neither a variant nor a baseline is a row of the paper's figures alone (e.g. another
             method the paper lists).
         paper_label: where the paper's figures come from, e.g. "Table 1, median of 5 seeds"; or
             ``(cfg) -> str`` when it depends on the options.
-        budgets: name -> :class:`Budget`; default_budget: the one used without ``--budget``.
         describe: ``(cfg, budget, seeds) -> str``, the sentence above the table.
         aggregate: "median" or "mean" (mean and standard deviation) over seeds.
         baselines: optional ``(cfg, test) -> {name: {metric key: float}}``, rows of reference predictors.
-        after_train: optional ``(model, test, cfg, run_dir)``: e.g. pictures, after a run is trained.
-        model_config: optional ``(cfg, variant) -> dict``, the model's full configuration, stored with each
-            run (so that a changed default is not resumed silently).
-        validate: optional ``(cfg, budget)``: raises ValueError for options that do not fit together.
-        add_arguments: optional ``(parser, steps_group)``: the task's own command-line options
-            (``steps_group``: the mutually exclusive group of ``--steps``, for options that set the steps).
-        options_from_args: optional ``(args) -> {config field: value}`` for the options given.
+        after_train: optional ``(model, test, cfg, variant, run_dir)``: e.g. pictures, after a run is trained.
         plot_file: file name of the plot.
         time_vs: variant whose step time is the unit of the "time vs" column (None: no column).
-        prepare: optional ``(cfg, progress)``, called once in this process before any run is trained or any
-            run folder written: build data caches, check data files (raises ValueError naming the file).
         paper_time: optional ``(cfg) -> {variant: hours}``, the paper's training times, shown next to ours
             relative to the ``time_vs`` variant's.
-        model_kind: the kind of model ``build`` returns (a key of ``slots.pretrained.MODEL_KINDS``), with which
-            ``tasks.runs.load_run`` rebuilds a run's model from the configuration stored with it.
-        load_train_eval: optional ``(cfg, seed) -> data``: the training data in the form ``evaluate`` takes,
-            for a task whose ``load_train`` gives another form (None: ``load_train``'s data is evaluated).
         step_cost: optional {variant: measured time of one training step, in any unit}: parallel runs start
             the costliest first (:func:`schedule`).
+    """
+
+    metrics: tuple[Metric, ...]
+    paper: Callable[[Any], Mapping[str, Mapping[str, Any]]]
+    paper_label: str | Callable[[Any], str]
+    describe: Callable[[Any, Budget, int], str]
+    aggregate: str = "median"
+    baselines: Callable[[Any, Any], Mapping[str, Mapping[str, float]]] | None = None
+    after_train: Callable[[nn.Module, Any, Any, str, Path], None] | None = None
+    plot_file: str = "curves.png"
+    time_vs: str | None = "sa"
+    paper_time: Callable[[Any], Mapping[str, float]] | None = None
+    step_cost: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """What makes an experiment: the data, the model, the loss, the evaluation and the paper's table.
+
+    The options ``config`` is a dataclass of the data and model options (``asdict`` JSON-serializable), best
+    a subclass of ``tasks.options.Options``: its fields are the task's command line (``tasks.options``), and
+    the runner calls its methods where it has them: ``validate(budget)`` (raises ValueError for options that do
+    not fit the budget), ``model_config(variant) -> dict`` (the model's full configuration, stored with each
+    run so that a changed default is not resumed silently) and ``run_folder(budget name)`` (the default
+    ``--out``).
+
+    Attributes:
+        name: run-folder and checkpoint id.
+        config: the options dataclass (above).
+        variants: variant -> display name, in table order. default_variants: trained without ``--variant``.
+        data: how the data are read (:class:`Data`).
+        build: ``(cfg, variant) -> nn.Module``, called right after seeding.
+        loss: ``(model, batch) -> () tensor``, a mean over the batch.
+        evaluate: ``(model, test, cfg) -> {metric key: float}``.
+        report: the table, the paper's figures, the plot and the pictures (:class:`Report`).
+        budgets: name -> :class:`Budget`; default_budget: the one used without ``--budget``.
+        model_kind: the kind of model ``build`` returns (a key of ``slots.pretrained.MODEL_KINDS``), with which
+            ``tasks.runs.load_run`` rebuilds a run's model from the configuration stored with it.
     """
 
     name: str
     config: type
     variants: Mapping[str, str]
     default_variants: tuple[str, ...]
-    load_train: Callable[[Any, int], Any]
-    load_test: Callable[[Any], Any]
+    data: Data
     build: Callable[[Any, str], nn.Module]
     loss: Callable[[nn.Module, Any], torch.Tensor]
     evaluate: Callable[[nn.Module, Any, Any], dict]
-    metrics: tuple[Metric, ...]
-    paper: Callable[[Any], Mapping[str, Mapping[str, Any]]]
-    paper_label: str | Callable[[Any], str]
+    report: Report
     budgets: Mapping[str, Budget]
     default_budget: str
-    describe: Callable[[Any, Budget, int], str]
-    aggregate: str = "median"
-    baselines: Callable[[Any, Any], Mapping[str, Mapping[str, float]]] | None = None
-    after_train: Callable[[nn.Module, Any, Any, Path], None] | None = None
-    model_config: Callable[[Any, str], dict] | None = None
-    validate: Callable[[Any, Budget], None] | None = None
-    add_arguments: Callable[[argparse.ArgumentParser, Any], None] | None = None
-    options_from_args: Callable[[argparse.Namespace], dict] | None = None
-    plot_file: str = "curves.png"
-    time_vs: str | None = "sa"
-    prepare: Callable[[Any, bool], None] | None = None
-    paper_time: Callable[[Any], Mapping[str, float]] | None = None
     model_kind: str | None = None
-    load_train_eval: Callable[[Any, int], Any] | None = None
-    step_cost: Mapping[str, float] | None = None
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        return self.report.metrics
 
     @property
     def headline(self) -> Metric:
-        return self.metrics[0]
+        return self.report.metrics[0]
 
     def label(self, cfg) -> str:
         """Where the paper's figures come from, for the options ``cfg``."""
-        return self.paper_label(cfg) if callable(self.paper_label) else self.paper_label
+        label = self.report.paper_label
+        return label(cfg) if callable(label) else label
 
 
 @dataclass
@@ -202,7 +238,7 @@ class Experiment:
         num_threads: torch threads per run (None: torch's default; with jobs > 1, cores / jobs).
         progress: progress bars (never in worker processes).
         tensorboard: also write TensorBoard events into every run folder (``slots.tensorboard``): the training
-            records, the evaluations and the pictures of ``task.after_train``.
+            records, the evaluations and the pictures of ``task.report.after_train``.
     """
 
     config: Any
@@ -218,9 +254,8 @@ class Experiment:
     tensorboard: bool = False
 
     def __post_init__(self):
-        jobs = self.jobs
-        if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-            raise ValueError(f"jobs must be an integer >= 1 or None (one per core), got {self.jobs!r}")
+        if self.jobs is not None:  # None: one per core
+            check_int(self.jobs, "jobs", 1)
 
     def train_config(self, task: Task, variant: str, seed: int, num_threads: int | None = None,
                      progress: bool | None = None) -> TrainConfig:
@@ -229,18 +264,11 @@ class Experiment:
         b = self.budget
         return TrainConfig(
             out_dir=str(run_dir(self, variant, seed)), steps=b.steps, batch_size=b.batch_size, lr=b.lr,
-            warmup_steps=min(1_000, b.steps // 20) if b.warmup_steps is None else b.warmup_steps,
-            decay_rate=b.decay_rate, decay_steps=max(1, b.steps // 4) if b.decay_steps is None else b.decay_steps,
+            warmup_steps=b.warmup(), decay_rate=b.decay_rate, decay_steps=b.decay(),
             grad_clip=b.grad_clip, seed=seed, log_every=min(50, b.steps), eval_every=b.eval_every,
             ckpt_every=b.ckpt_every, resume=self.resume, resume_previous=self.resume_previous,
             num_threads=self.num_threads if num_threads is None else num_threads,
             progress=self.progress if progress is None else progress, tensorboard=self.tensorboard)
-
-
-def require_one_batch(cfg, budget: Budget) -> None:
-    """A ``Task.validate`` for configs with an ``n_train`` field: the training set holds at least one batch."""
-    if cfg.n_train < budget.batch_size:
-        raise ValueError(f"n_train ({cfg.n_train}) must be at least one batch ({budget.batch_size})")
 
 
 def run_dir(exp: Experiment, variant: str, seed: int) -> Path:
@@ -249,11 +277,39 @@ def run_dir(exp: Experiment, variant: str, seed: int) -> Path:
 
 
 def task_config(task: Task, exp: Experiment, variant: str, seed: int) -> dict:
-    """What fixes a run's data and model (stored in its checkpoints and compared on resume)."""
+    """What fixes a run's data and model (stored in its checkpoints and compared on resume).
+
+    An option that a run folder's stored configuration does not have (one added to the task since the run was
+    written) is left out while it keeps its default, so that the run still resumes: its model configuration,
+    stored and compared too, still has to match.
+    """
     config = {**asdict(exp.config), "variant": variant, "seed": seed}
-    if task.model_config is not None:
-        config["model"] = task.model_config(exp.config, variant)
+    model_config = getattr(exp.config, "model_config", None)
+    if model_config is not None:
+        config["model"] = model_config(variant)
+    stored = _stored_task_config(run_dir(exp, variant, seed))
+    if stored is not None:
+        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                    for f in fields(exp.config) if f.default is not MISSING or f.default_factory is not MISSING}
+        config = {k: v for k, v in config.items()
+                  if k in stored or k not in defaults or jsonable(v) != jsonable(defaults[k])}
     return config
+
+
+def _stored_task_config(folder: Path) -> dict | None:
+    """The task configuration stored in a run folder (its results, else its checkpoints); None if none can be
+    read (the checks of the run folder then say why)."""
+    try:
+        if (folder / RESULTS_NAME).is_file():
+            return json.loads((folder / RESULTS_NAME).read_text())["task_config"]
+        for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
+            if (folder / name).is_file():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return load_checkpoint(folder / name)["task_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
 
 
 def _check_out(out: str) -> None:
@@ -271,16 +327,16 @@ def _check_out(out: str) -> None:
 def _train_one(task: Task, exp: Experiment, variant: str, seed: int, train_cfg: TrainConfig, test=None,
                train_set=None, label: str = "") -> dict:
     """Seed, build and train one (variant, seed); the same in this process and in a worker."""
-    test = task.load_test(exp.config) if test is None else test
-    train_set = task.load_train(exp.config, seed) if train_set is None else train_set
+    test = task.data.load_test(exp.config) if test is None else test
+    train_set = task.data.load_train(exp.config, seed) if train_set is None else train_set
     seed_everything(seed)
     model = task.build(exp.config, variant)
     results = train(train_cfg, model, train_set, task.loss, lambda m: task.evaluate(m, test, exp.config),
                     task=task.name, task_config=task_config(task, exp, variant, seed), label=label)
-    if task.after_train is not None and is_main_process():
+    if task.report.after_train is not None and is_main_process():
         model.eval()
         with torch.no_grad():
-            task.after_train(model, test, exp.config, run_dir(exp, variant, seed))
+            task.report.after_train(model, test, exp.config, variant, run_dir(exp, variant, seed))
         if train_cfg.tensorboard:
             board = tensorboard.RunBoard(run_dir(exp, variant, seed), purge=False)
             board.add_pictures(sorted(run_dir(exp, variant, seed).glob("*.png")), results["step"])
@@ -325,13 +381,13 @@ def schedule(task: Task, runs: list) -> list:
     """The order in which the parallel runner starts ``runs``, (variant, seed) pairs.
 
     Each process takes the next run when it is free, so starting the costliest runs first (by
-    ``task.step_cost``: all runs of an experiment train the same number of steps) is longest-processing-time
+    ``task.report.step_cost``: all runs of an experiment train the same number of steps) is longest-processing-time
     list scheduling: the processes end at about the same time, and the last run to start is a cheap one.
     Without a measured cost, and between equal ones, the variants listed last start first (in the paper's
     tables they are the slowest); then by seed.
     """
     order = list(task.variants)[::-1]
-    cost = task.step_cost or {}
+    cost = task.report.step_cost or {}
     return sorted(runs, key=lambda run: (-cost.get(run[0], 0.0), order.index(run[0]), run[1]))
 
 
@@ -377,8 +433,9 @@ def run(task: Task, exp: Experiment) -> dict:
         check_available(v)
     if exp.tensorboard:
         tensorboard.require()
-    if task.validate is not None:
-        task.validate(exp.config, exp.budget)
+    validate = getattr(exp.config, "validate", None)
+    if validate is not None:
+        validate(exp.budget)
     # one runner per summary folder (under torchrun, the main process holds the lock for all)
     with lock_folder(exp.out) if is_main_process() else contextlib.nullcontext():
         return _run_locked(task, exp)
@@ -396,10 +453,10 @@ def _run_locked(task: Task, exp: Experiment) -> dict:
         # parameters), even if it had finished, so that its final checkpoint is whole again
         from_previous = found is not None and found[1].name == PREVIOUS_NAME
         reuse[v, s] = None if from_previous else _finished(task, exp, v, s)
-    if task.prepare is not None and any(r is None for r in reuse.values()):
-        task.prepare(exp.config, exp.progress)
+    if task.data.prepare is not None and any(r is None for r in reuse.values()):
+        task.data.prepare(exp.config, exp.progress)
 
-    test = task.load_test(exp.config)
+    test = task.data.load_test(exp.config)
     results = {run: r for run, r in reuse.items() if r is not None}
     pending = [run for run in runs if reuse[run] is None]
     pending = schedule(task, pending)
@@ -410,7 +467,7 @@ def _run_locked(task: Task, exp: Experiment) -> dict:
         train_sets = {}
         for v, s in sorted(pending, key=lambda run: (exp.variants.index(run[0]), run[1])):
             if s not in train_sets:
-                train_sets[s] = task.load_train(exp.config, s)
+                train_sets[s] = task.data.load_train(exp.config, s)
             if is_main_process():
                 print(f"== {task.variants[v]}, seed {s}: {exp.budget.steps} steps -> {run_dir(exp, v, s)}",
                       flush=True)
@@ -421,7 +478,7 @@ def _run_locked(task: Task, exp: Experiment) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text(format_table(task, summary) + "\n")
         (out / "table.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _plot(task, summary, out / task.plot_file)
+        _plot(task, summary, out / task.report.plot_file)
     return summary
 
 
@@ -453,13 +510,13 @@ def _aggregate(values: list[float], how: str) -> dict:
 
 def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
     """The summary of finished runs ``results`` {(variant, seed): results dict} (see :func:`run`)."""
-    paper = task.paper(exp.config)
+    paper = task.report.paper(exp.config)
     rows, curves = [], {}
     for v in exp.variants:
         cells = {}
         for m in task.metrics:
             per_seed = [results[v, s]["eval"][m.key] for s in range(exp.seeds)]
-            cells[m.key] = {**_aggregate(per_seed, task.aggregate), "per_seed": per_seed,
+            cells[m.key] = {**_aggregate(per_seed, task.report.aggregate), "per_seed": per_seed,
                             "paper": paper.get(v, {}).get(m.key)}
         step_ms = [results[v, s]["train_step_ms"] for s in range(exp.seeds)]
         step_ms = [t for t in step_ms if t is not None]
@@ -468,14 +525,14 @@ def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
                      "paper": head["paper"], "metrics": cells,
                      "step_ms": statistics.median(step_ms) if step_ms else None})
         curves[v] = {f"seed{s}": _curves(run_dir(exp, v, s) / METRICS_NAME, task.metrics) for s in range(exp.seeds)}
-    unit = next((r["step_ms"] for r in rows if r["variant"] == task.time_vs), None)
-    paper_time = task.paper_time(exp.config) if task.paper_time else {}
+    unit = next((r["step_ms"] for r in rows if r["variant"] == task.report.time_vs), None)
+    paper_time = task.report.paper_time(exp.config) if task.report.paper_time else {}
     for r in rows:
         r["time_vs"] = r["step_ms"] / unit if unit and r["step_ms"] else None
-        hours, paper_unit = paper_time.get(r["variant"]), paper_time.get(task.time_vs)
+        hours, paper_unit = paper_time.get(r["variant"]), paper_time.get(task.report.time_vs)
         r["paper_time_h"] = hours
         r["paper_time_vs"] = hours / paper_unit if hours and paper_unit else None
-    ours = task.baselines(exp.config, test) if task.baselines else {}
+    ours = task.report.baselines(exp.config, test) if task.report.baselines else {}
     paper_only = [name for name in paper if name not in task.variants and name not in ours]
     baselines = {}
     for name in [*ours, *paper_only]:
@@ -484,8 +541,9 @@ def summarize(task: Task, exp: Experiment, results: dict, test) -> dict:
                                        for m in task.metrics}}
     config = {**asdict(exp.config), **{k: v for k, v in asdict(exp.budget).items() if k != "overrides"},
               "variants": list(exp.variants), "seeds": exp.seeds, "out": exp.out}
-    return {"task": task.name, "config": config, "describe": task.describe(exp.config, exp.budget, exp.seeds),
-            "paper_label": task.label(exp.config), "aggregate": task.aggregate, "rows": rows, "baselines": baselines,
+    return {"task": task.name, "config": config, "describe": task.report.describe(exp.config, exp.budget, exp.seeds),
+            "paper_label": task.label(exp.config), "aggregate": task.report.aggregate, "rows": rows,
+            "baselines": baselines,
             "curves": curves}
 
 
@@ -524,7 +582,7 @@ def format_table(task: Task, summary: dict) -> str:
         metric_cols = [c for m in task.metrics
                        for c in (f"ours {m.label}", f"paper {m.label}")[:1 + in_paper[m.key]]]
         metric_cols.append(f"ours per seed ({head.label})")
-    time_cols = [f"time vs {task.variants[task.time_vs]}"] if has_time else []
+    time_cols = [f"time vs {task.variants[task.report.time_vs]}"] if has_time else []
     if has_paper_time:
         time_cols.append("paper train time")
     cols = ["model", *metric_cols, "step time (ms)", *time_cols]
@@ -583,63 +641,34 @@ def _plot(task: Task, summary: dict, path: Path) -> None:
 # Command line
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def float_at_least_zero(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """argparse type: a number in (0, 1]."""
-    value = positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def int_at_least(minimum: int):
-    """argparse type: an integer >= ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
-        return value
-    return parse
+def _epochs_option(task: Task) -> bool:
+    """Whether the task's options have a fixed number of training examples, ``n_train`` (then ``--epochs``
+    sets the steps)."""
+    return any(f.name == "n_train" and f.type in (int, "int") for f in fields(task.config))
 
 
 def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
-    """The command line of ``task``: the grid and schedule options of every task, then the task's own."""
+    """The command line of ``task``: the grid and schedule options of every task, then the task's own options
+    (the fields of ``task.config``, ``tasks.options``)."""
     p = argparse.ArgumentParser(prog=f"python -m tasks.{task.name}", description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--variant", action="append", choices=list(task.variants), dest="variants",
                    help=f"variant to train (repeatable); default: {', '.join(task.default_variants)}")
     p.add_argument("--seeds", type=int_at_least(1), default=1,
-                   help=f"seeds 0..N-1; the table shows the {task.aggregate}")
+                   help=f"seeds 0..N-1; the table shows the {task.report.aggregate}")
     p.add_argument("--budget", choices=list(task.budgets), default=task.default_budget,
                    help="training budget: " + "; ".join(f"{k}: {b.steps:,} steps of batch {b.batch_size}"
                                                          + (f" ({b.note})" if b.note else "")
                                                          for k, b in task.budgets.items()))
+    for name, b in task.budgets.items():
+        if b.shortcut:
+            p.add_argument(f"--{name}", action="store_const", const=name, dest="budget",
+                           help=f"the '{name}' budget: {b.note}")
     steps_group = p.add_mutually_exclusive_group()
     steps_group.add_argument("--steps", type=int_at_least(1), help="optimizer steps per run (default: the budget's)")
+    if _epochs_option(task):
+        steps_group.add_argument("--epochs", type=int_at_least(1),
+                                 help="epochs per run, each n_train / batch_size steps (instead of --steps)")
     p.add_argument("--batch-size", type=int_at_least(1), help="batch size (default: the budget's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the budget's)")
     p.add_argument("--grad-clip", type=float_at_least_zero,
@@ -658,9 +687,6 @@ def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--resume-previous", action="store_true",
                    help="as --resume, and a run whose newest checkpoint (ckpt.pt) fails its check continues from "
                         "the previous one (ckpt.prev.pt); the damaged file is kept as ckpt.damaged.pt")
-    if any(f.name == "backend" for f in fields(task.config)):
-        p.add_argument("--backend", choices=BACKENDS, default="auto",
-                       help="OT kernels: auto = the fused C++ loops on CPU, Triton on CUDA")
     p.add_argument("--jobs", type=int_at_least(1),
                    help="runs trained at the same time in separate processes (default: one per core on CPU, at "
                         "most the number of runs; one on CUDA or under torchrun)")
@@ -671,47 +697,48 @@ def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
                    help="also write TensorBoard events (loss, learning rate, gradient norm, evaluation metrics, "
                         "pictures) into every run folder; view with tensorboard --logdir runs/ "
                         f"(needs tensorboard: {tensorboard.INSTALL})")
-    if task.add_arguments is not None:
-        task.add_arguments(p, steps_group)
+    options.add_arguments(p, task.config, {k: b.overrides for k, b in task.budgets.items()})
     return p
 
 
-def experiment_from_args(task: Task, args: argparse.Namespace, default_out: Callable[[Any], str] | None = None
-                         ) -> Experiment:
+def experiment_from_args(task: Task, args: argparse.Namespace) -> Experiment:
     """The :class:`Experiment` of parsed arguments: the task's defaults, then the budget's overrides, then the
-    options given explicitly. ``default_out(cfg)`` names the run folder when ``--out`` is not given."""
+    options given explicitly; ``--epochs`` is steps = epochs * (n_train // batch_size). The run folder without
+    ``--out`` is the config's ``run_folder(budget)``, else ``runs/<task>/<budget>``."""
     budget = task.budgets[args.budget]
-    options = dict(budget.overrides)
-    if task.options_from_args is not None:
-        options.update(task.options_from_args(args))
-    if getattr(args, "backend", None) is not None:
-        options["backend"] = args.backend
-    cfg = task.config(**options)
+    cfg = task.config(**{**budget.overrides, **options.given(task.config, args)})
     schedule = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_clip", "warmup_steps", "decay_steps",
                                               "decay_rate", "eval_every", "ckpt_every")
                 if getattr(args, k, None) is not None}
     budget = replace(budget, **schedule)
-    out = args.out or (default_out(cfg) if default_out else f"runs/{task.name}/{args.budget}")
+    if getattr(args, "epochs", None) is not None:
+        budget = replace(budget, steps=args.epochs * (cfg.n_train // budget.batch_size))
+    folder = getattr(cfg, "run_folder", lambda name: None)(args.budget)
+    out = args.out or folder or f"runs/{task.name}/{args.budget}"
     return Experiment(config=cfg, budget=budget, variants=tuple(args.variants or task.default_variants), out=out,
                       seeds=args.seeds, resume=args.resume or args.resume_previous,
                       resume_previous=args.resume_previous, jobs=args.jobs, num_threads=args.threads,
                       progress=not args.no_progress, tensorboard=args.tensorboard)
 
 
-def main(task: Task, argv=None, description: str = "", default_out=None,
-         experiment: Callable[[argparse.Namespace], Experiment] | None = None) -> int:
+def entry_points(module, doc: str) -> tuple[Callable, Callable, Callable]:
+    """``build_parser()``, ``config_from_args(args)`` and ``main(argv)`` of ``python -m tasks.<name>`` for the
+    task ``module.TASK`` (looked up at each call), with the first paragraph of ``doc`` as the description."""
+    description = doc.split("\n\n")[0]
+    return (lambda: build_parser(module.TASK, description), lambda args: experiment_from_args(module.TASK, args),
+            lambda argv=None: main(module.TASK, argv, description))
+
+
+def main(task: Task, argv=None, description: str = "") -> int:
     """Run ``task`` from the command line. Exit status: 0 on success, 2 for bad arguments, an unusable run
     folder (a damaged checkpoint, a folder another process works in), a variant this build cannot run or
     ``--tensorboard`` without tensorboard (nothing is written then), 1 when a run cannot write its files (disk
     full, permissions; its last checkpoint is intact, ``--resume`` continues),
-    130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues).
-
-    ``experiment(args)`` builds the :class:`Experiment` when the task needs more than
-    :func:`experiment_from_args` (e.g. an option that sets the number of steps)."""
+    130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues)."""
     parser = build_parser(task, description)
     args = parser.parse_args(argv)
     try:
-        exp = experiment(args) if experiment else experiment_from_args(task, args, default_out)
+        exp = experiment_from_args(task, args)
         exp.variants = tuple(dict.fromkeys(exp.variants))
         summary = run(task, exp)
     except TrainingInterrupted as e:
@@ -729,5 +756,5 @@ def main(task: Task, argv=None, description: str = "", default_out=None,
     if is_main_process():
         print()
         print(format_table(task, summary))
-        print(f"\nwritten to {exp.out}/ (table.md, table.json, {task.plot_file})")
+        print(f"\nwritten to {exp.out}/ (table.md, table.json, {task.report.plot_file})")
     return 0

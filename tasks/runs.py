@@ -128,16 +128,16 @@ def config_with_data_dir(run: Run, data_dir) -> Any:
 
 
 def load_eval_data(run: Run, split: str = "test", data_dir=None) -> tuple[Any, Any]:
-    """(options, data) for evaluating ``run`` on ``split`` ("test": ``task.load_test``; "train": the run's
-    training data, ``task.load_train_eval`` or ``task.load_train`` with the run's seed), from ``data_dir``
+    """(options, data) for evaluating ``run`` on ``split`` ("test": ``task.data.load_test``; "train": the run's
+    training data, ``task.data.load_train_eval`` or ``task.data.load_train`` with the run's seed), from ``data_dir``
     instead of the run's own data source when given (:func:`config_with_data_dir`)."""
     if split not in EVAL_SPLITS:
         raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     cfg = config_with_data_dir(run, data_dir)
-    task = run.task
+    data = run.task.data
     if split == "test":
-        return cfg, task.load_test(cfg)
-    load = task.load_train_eval or task.load_train
+        return cfg, data.load_test(cfg)
+    load = data.load_train_eval or data.load_train
     return cfg, load(cfg, run.seed)
 
 

@@ -6,27 +6,12 @@ Trains SA, SA-SH, SA-EMD and SA-MESH on CLEVR set prediction (generated scenes, 
 success, 2 for bad arguments, bad data (named in the message) or an unusable run folder (nothing is
 written then), 130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues).
 """
-import argparse
 import sys
 
 from .. import runner
 from . import experiment
 
-
-def build_parser() -> argparse.ArgumentParser:
-    return runner.build_parser(experiment.TASK, __doc__.split("\n\n")[0])
-
-
-def config_from_args(args: argparse.Namespace) -> runner.Experiment:
-    """The :class:`tasks.runner.Experiment` of parsed arguments; the default run folder is
-    ``runs/clevr/<budget>[-real][-no-implicit]``."""
-    suffix = ("-real" if args.data_dir else "") + ("-no-implicit" if args.no_implicit_grad else "")
-    return runner.experiment_from_args(experiment.TASK, args, lambda cfg: f"runs/clevr/{args.budget}{suffix}")
-
-
-def main(argv=None) -> int:
-    return runner.main(experiment.TASK, argv, __doc__.split("\n\n")[0], experiment=config_from_args)
-
+build_parser, config_from_args, main = runner.entry_points(experiment, __doc__)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,18 +36,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..scenes import render as _renderer
+from ..pool import cores
 from ..scenes.cache import cached
-from ..scenes.records import DataFormatError, SceneData, require_dir, require_file
+from ..scenes.records import DataFormatError, SceneData, require_dir, require_file, resize_images
 from ..scenes.render import (CLEVR_MIN_PIXELS, COLOR_NAMES, COLORS, MATERIALS, SHAPES, SIZES, Camera,
-                             check_generation, concat_blocks, directions, geometry_batch, project, render,
-                             run_in_blocks, sample_geometry)
+                             cached_scenes, check_generation, concat_blocks, directions, geometry_batch, project,
+                             render, run_in_blocks, sample_geometry)
 
 __all__ = [
     "GENERATOR_VERSION", "IMAGE_SIZE", "MAX_OBJECTS", "TARGET_DIM", "DSPN_CLASSES", "COORD_SCALE", "SPLITS",
     "scenes_to_targets", "generate_clevr", "read_clevr", "load_clevr", "write_clevr_tree", "encode_scenes",
     "decode_scenes", "SET_PREDICTION_LAYOUT", "SET_PREDICTION_SLICES", "SET_TARGET_DIM", "set_prediction_targets",
-    "resize_images", "describe_set_predictions",
+    "resize_images", "describe_set_predictions", "ClevrSet", "load_split", "GENERATOR_SEED",
 ]
 
 GENERATOR_VERSION = "2"
@@ -161,22 +161,6 @@ def set_prediction_targets(targets, presence) -> torch.Tensor:
         else:
             out[..., where] = targets[..., dspn[name]]
     return out * presence[..., None]
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize (antialiased, as PIL's) of uint8 images (N, 3, H, W) to uint8 (N, 3, size, size),
-    rounded; the images themselves when they already have that size. Works in chunks of 1,024 images."""
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"need uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    if tuple(images.shape[2:]) == (size, size):
-        return images
-    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
-    for start in range(0, len(images), 1024):
-        chunk = images[start:start + 1024].float()
-        small = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
-                                                align_corners=False)
-        out[start:start + 1024] = small.round_().clamp_(0, 255).to(torch.uint8)
-    return out
 
 
 def describe_set_predictions(pred) -> list[dict]:
@@ -438,18 +422,13 @@ def load_clevr(split: str = "train", num_images: int | None = None, seed: int = 
 
     Both generated and real data are cached.
     """
-    if num_images is not None and num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
     if data_dir is None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-        n = SPLITS[split][1] if num_images is None else int(num_images)
-        params = {"split": split, "num_images": n, "seed": seed, "image_size": IMAGE_SIZE}
-        arrays = cached(f"clevr-{split}", params, f"{GENERATOR_VERSION}+render{_renderer.RENDER_VERSION}",
-                        lambda: generate_clevr(n, seed, split, workers=workers, progress=progress), cache_dir)
-        meta = {"source": "clevr-generated", "split": split, "seed": seed, "version": GENERATOR_VERSION,
-                "has_masks": True}
+        arrays, meta = cached_scenes("clevr", split, num_images, seed, SPLITS, IMAGE_SIZE, GENERATOR_VERSION,
+                                     generate_clevr, workers, progress, cache_dir)
+        meta["has_masks"] = True
     else:
+        if num_images is not None and num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
         root = _clevr_root(Path(data_dir).expanduser())
         scenes_path = require_file(root / "scenes" / f"CLEVR_{split}_scenes.json", f"CLEVR {split} scenes")
         st = scenes_path.stat()
@@ -469,3 +448,60 @@ def load_clevr(split: str = "train", num_images: int | None = None, seed: int = 
     data = SceneData(arrays["images"], arrays["masks"], targets=arrays["targets"], presence=arrays["presence"],
                      ids=ids, meta=meta)
     return (data, scenes) if return_scenes else data
+
+
+# ---- the sets of the experiment -------------------------------------------------------------------------------
+GENERATOR_SEED = 0  # the generated scenes of every run
+
+
+class ClevrSet:
+    """A CLEVR split ready for training, in memory.
+
+    Holds images uint8 (N, S, S, 3) (channels last) and targets float32 (N, 10, 19). ``ds[idx]`` with idx a
+    (b,) int64 tensor returns {"image": float32 (b, 3, S, S) in [-1, 1] in channels-last memory, "target":
+    (b, 10, 19)}: one gather and one conversion, no other copy.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3 or len(targets) != len(images):
+            raise ValueError(f"need uint8 images (N, 3, S, S) and targets (N, K, D), got {tuple(images.shape)} "
+                             f"{images.dtype} and {tuple(targets.shape)}")
+        self.images = images.permute(0, 2, 3, 1).contiguous()  # (N, S, S, 3)
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: torch.Tensor) -> dict:
+        image = self.images[idx].permute(0, 3, 1, 2).float()  # (b, 3, S, S), channels-last strides kept
+        return {"image": image.mul_(2 / 255).sub_(1), "target": self.targets[idx]}
+
+
+_LOADED: dict[str, tuple[tuple, ClevrSet]] = {}  # split -> (what was loaded, the set)
+
+
+def load_split(cfg, split: str, progress: bool = False) -> ClevrSet:
+    """The training ("train", ``cfg.n_train`` images) or evaluation ("val", ``cfg.n_test``) set of the options
+    ``cfg`` (``tasks.clevr.experiment.ClevrConfig``: data_dir, n_train, n_test, image_size).
+
+    Generated scenes are built once and cached on disk (``tasks.clevr.data.load_clevr``); real ones are
+    read, checked and cached on first use. The last set of each split stays in memory for this process.
+
+    Raises:
+        MissingDataError / DataFormatError naming the file: a missing folder, scenes file or image, an
+        unknown attribute value, an image of the wrong size, or fewer scenes than asked for.
+    """
+    n = cfg.n_train if split == "train" else cfg.n_test
+    key = (cfg.data_dir, split, n, cfg.image_size)
+    if _LOADED.get(split, (None,))[0] != key:
+        workers = min(cores(), max(1, n // 256))
+        data = load_clevr(split, num_images=n, seed=GENERATOR_SEED, data_dir=cfg.data_dir, workers=workers,
+                          progress=progress)
+        if len(data) < n:
+            option = "--n-train" if split == "train" else "--n-test"
+            raise DataFormatError(f"CLEVR {split} scenes file under {data.meta.get('root')} has {len(data)} scenes, "
+                                  f"fewer than the {n} asked for ({option})")
+        dataset = ClevrSet(resize_images(data.images, cfg.image_size),
+                           set_prediction_targets(data.targets, data.presence))
+        _LOADED[split] = (key, dataset)
+    return _LOADED[split][1]

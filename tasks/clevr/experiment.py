@@ -27,12 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from slots import CLEVR_AP_THRESHOLDS, OTConfig, clevr_average_precision, hungarian_huber_loss, native_bf16
+from slots import CLEVR_AP_THRESHOLDS, clevr_average_precision, hungarian_huber_loss, native_bf16
 
-from ..pool import cores
-from ..runner import BACKENDS, Budget, Metric, Task, require_one_batch
-from ..scenes.records import DataFormatError
-from .data import SET_PREDICTION_LAYOUT, SET_PREDICTION_SLICES, load_clevr, resize_images, set_prediction_targets
+from ..options import OTOptions, option
+from ..runner import Budget, Data, Metric, Report, Task
+from .data import SET_PREDICTION_LAYOUT, SET_PREDICTION_SLICES, ClevrSet, load_split
 from .model import ClevrModelConfig, ClevrSetModel
 
 __all__ = ["ClevrConfig", "ClevrSet", "TASK", "BUDGETS", "VARIANTS", "PAPER_TABLE2", "PAPER_TABLE6",
@@ -69,7 +68,6 @@ PAPER_OTHERS = {  # the rows both tables copy from other papers
 PAPER_HOURS = {True: {"sa": 2.2, "sa-sh": 2.3, "sa-emd": 9.3, "sa-mesh": 2.4},
                False: {"sa": 2.4, "sa-sh": 2.5, "sa-emd": 9.7, "sa-mesh": 2.5}}
 
-GENERATOR_SEED = 0
 BUDGETS = {
     # The paper's schedule shrunk: the rate halves three times over the run, as 50k of 150k steps.
     "cpu": Budget(steps=3_600, batch_size=64, lr=4e-4, warmup_steps=200, decay_steps=1_200, eval_every=400,
@@ -83,108 +81,36 @@ BUDGETS = {
 
 
 @dataclass
-class ClevrConfig:
-    """Data and model options of the CLEVR experiment.
+class ClevrConfig(OTOptions):
+    """Data and model options of the CLEVR experiment (each field's help says what it is). ``bf16`` None picks
+    bfloat16 where the hardware has it natively (``slots.native_bf16``) and is replaced by the choice."""
 
-    Attributes:
-        data_dir: folder holding CLEVR v1.0 (or that folder itself); None: generated scenes.
-        n_train, n_test: training images (the first of the train split) and evaluation images (the first of
-            the val split); real data must have at least that many.
-        image_size: side of the square input images (128: the paper's), a multiple of 4.
-        implicit_grad: implicit differentiation of the slots (Table 2); False: Table 6.
-        bf16: the convolutions under bfloat16 autocast; None picks it where the hardware has native bfloat16
-            (``slots.native_bf16``) and is replaced by the choice.
-        eval_batch: images per forward pass during evaluation.
-        mesh_lr, mesh_iters: MESH's step size and steps (``slots.OTConfig``).
-        backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch.
-    """
-
-    data_dir: str | None = None
-    n_train: int = 70_000
-    n_test: int = 15_000
-    image_size: int = 128
-    implicit_grad: bool = True
-    bf16: bool | None = None
-    eval_batch: int = 250
-    mesh_lr: float = 8.0
-    mesh_iters: int = 4
-    backend: str = "auto"
+    data_dir: str | None = option(None, "folder holding CLEVR v1.0 (train split for training, val for "
+                                        "evaluation); none: generated scenes")
+    n_train: int = option(70_000, "training images (the first of the train split)", minimum=1)
+    n_test: int = option(15_000, "evaluation images (the first of the val split)", minimum=1)
+    image_size: int = option(128, "input image side, a multiple of 4 (the paper's: 128)", minimum=8)
+    implicit_grad: bool = option(True, "implicit differentiation of the slots (Table 2; off: Table 6)")
+    bf16: bool | None = option(None, "convolutions under bfloat16 autocast: auto = where the hardware has native "
+                                     "bfloat16", choices={"auto": None, "on": True, "off": False})
+    eval_batch: int = option(250, "images per forward pass during evaluation", minimum=1)
 
     def __post_init__(self):
-        if self.data_dir is not None:
-            self.data_dir = str(self.data_dir)
-        for name in ("n_train", "n_test", "eval_batch", "mesh_iters"):
-            value, minimum = getattr(self, name), 0 if name == "mesh_iters" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if not isinstance(self.implicit_grad, bool):
-            raise ValueError(f"implicit_grad must be a bool, got {self.implicit_grad!r}")
+        super().__post_init__()
         if self.bf16 is None:
             self.bf16 = native_bf16()
-        if not isinstance(self.bf16, bool):
-            raise ValueError(f"bf16 must be a bool or None, got {self.bf16!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         self.model("sa-mesh")  # validates the model options
 
     def model(self, variant: str) -> ClevrModelConfig:
         """The model configuration of one variant."""
-        backend = None if self.backend == "auto" else self.backend
-        return ClevrModelConfig.of(variant, self.implicit_grad,
-                                   OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters, backend=backend),
-                                   image_size=self.image_size, bf16=self.bf16)
+        return ClevrModelConfig.of(variant, self.implicit_grad, self.ot_config(variant), n_iters=self.n_iters,
+                                   cost=self.cost, image_size=self.image_size, bf16=self.bf16)
 
+    def model_config(self, variant: str) -> dict:
+        return self.model(variant).to_dict()
 
-class ClevrSet:
-    """A CLEVR split ready for training, in memory.
-
-    Holds images uint8 (N, S, S, 3) (channels last) and targets float32 (N, 10, 19). ``ds[idx]`` with idx a
-    (b,) int64 tensor returns {"image": float32 (b, 3, S, S) in [-1, 1] in channels-last memory, "target":
-    (b, 10, 19)}: one gather and one conversion, no other copy.
-    """
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3 or len(targets) != len(images):
-            raise ValueError(f"need uint8 images (N, 3, S, S) and targets (N, K, D), got {tuple(images.shape)} "
-                             f"{images.dtype} and {tuple(targets.shape)}")
-        self.images = images.permute(0, 2, 3, 1).contiguous()  # (N, S, S, 3)
-        self.targets = targets
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, idx: torch.Tensor) -> dict:
-        image = self.images[idx].permute(0, 3, 1, 2).float()  # (b, 3, S, S), channels-last strides kept
-        return {"image": image.mul_(2 / 255).sub_(1), "target": self.targets[idx]}
-
-
-_LOADED: dict[str, tuple[tuple, ClevrSet]] = {}  # split -> (what was loaded, the set)
-
-
-def load_split(cfg: ClevrConfig, split: str, progress: bool = False) -> ClevrSet:
-    """The training ("train", ``cfg.n_train`` images) or evaluation ("val", ``cfg.n_test``) set of ``cfg``.
-
-    Generated scenes are built once and cached on disk (``tasks.clevr.data.load_clevr``); real ones are
-    read, checked and cached on first use. The last set of each split stays in memory for this process.
-
-    Raises:
-        MissingDataError / DataFormatError naming the file: a missing folder, scenes file or image, an
-        unknown attribute value, an image of the wrong size, or fewer scenes than asked for.
-    """
-    n = cfg.n_train if split == "train" else cfg.n_test
-    key = (cfg.data_dir, split, n, cfg.image_size)
-    if _LOADED.get(split, (None,))[0] != key:
-        workers = min(cores(), max(1, n // 256))
-        data = load_clevr(split, num_images=n, seed=GENERATOR_SEED, data_dir=cfg.data_dir, workers=workers,
-                          progress=progress)
-        if len(data) < n:
-            option = "--n-train" if split == "train" else "--n-test"
-            raise DataFormatError(f"CLEVR {split} scenes file under {data.meta.get('root')} has {len(data)} scenes, "
-                                  f"fewer than the {n} asked for ({option})")
-        dataset = ClevrSet(resize_images(data.images, cfg.image_size),
-                           set_prediction_targets(data.targets, data.presence))
-        _LOADED[split] = (key, dataset)
-    return _LOADED[split][1]
+    def run_folder(self, budget: str) -> str:
+        return f"runs/clevr/{budget}{'-real' if self.data_dir else ''}{'' if self.implicit_grad else '-no-implicit'}"
 
 
 _PARTS = SET_PREDICTION_SLICES
@@ -238,10 +164,6 @@ def _evaluate(model, test: ClevrSet, cfg: ClevrConfig) -> dict:
     return average_precisions(torch.cat(preds), test.targets)
 
 
-def _model_config(cfg: ClevrConfig, variant: str) -> dict:
-    return cfg.model(variant).to_dict()
-
-
 def _paper(cfg: ClevrConfig) -> dict:
     return {**(PAPER_TABLE2 if cfg.implicit_grad else PAPER_TABLE6), **PAPER_OTHERS}
 
@@ -265,34 +187,10 @@ def _describe(cfg: ClevrConfig, budget: Budget, seeds: int) -> str:
             f"convolutions in {'bfloat16' if cfg.bf16 else 'float32'}; mean ± std over {seeds} seed(s).")
 
 
-def _add_arguments(p, steps_group) -> None:
-    from ..runner import int_at_least
-
-    p.add_argument("--data-dir", help="folder holding CLEVR v1.0 (train split for training, val for evaluation); "
-                                      "default: generated scenes")
-    p.add_argument("--n-train", type=int_at_least(1), help="training images (default: the budget's)")
-    p.add_argument("--n-test", type=int_at_least(1), help="evaluation images (default: the budget's)")
-    p.add_argument("--image-size", type=int_at_least(8), help="input image side, a multiple of 4 (default: the "
-                                                              "budget's; the paper's is 128)")
-    p.add_argument("--no-implicit-grad", action="store_true",
-                   help="train without implicit differentiation of the slots (the paper's Table 6)")
-    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
-                   help="convolutions under bfloat16 autocast: auto = where the hardware has native bfloat16")
-
-
-def _options_from_args(args) -> dict:
-    options = {"data_dir": args.data_dir, "implicit_grad": not args.no_implicit_grad,
-               "bf16": {"auto": None, "on": True, "off": False}[args.bf16]}
-    for name in ("n_train", "n_test", "image_size"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    return options
-
-
 TASK = Task(
     name="clevr", config=ClevrConfig, variants=VARIANT_NAMES, default_variants=VARIANTS,
-    load_train=_load_train, load_test=_load_test, build=_build, loss=_loss, evaluate=_evaluate, metrics=METRICS,
-    paper=_paper, paper_label=_paper_label, budgets=BUDGETS, default_budget="cpu", describe=_describe,
-    aggregate="mean", model_config=_model_config, validate=require_one_batch, add_arguments=_add_arguments,
-    options_from_args=_options_from_args, plot_file="ap_vs_steps.png", prepare=_prepare,
-    paper_time=_paper_time, model_kind="clevr_set_model")
+    data=Data(load_train=_load_train, load_test=_load_test, prepare=_prepare), build=_build, loss=_loss,
+    evaluate=_evaluate,
+    report=Report(metrics=METRICS, paper=_paper, paper_label=_paper_label, describe=_describe, aggregate="mean",
+                  plot_file="ap_vs_steps.png", paper_time=_paper_time),
+    budgets=BUDGETS, default_budget="cpu", model_kind="clevr_set_model")

@@ -67,13 +67,16 @@ class ClevrModelConfig:
         self.encoder()  # validates image_size
 
     @classmethod
-    def of(cls, variant: str, implicit_grad: bool = True, ot: OTConfig | None = None, **options) -> "ClevrModelConfig":
-        """The paper's model of ``variant``: 10 slots of 64 on 64 channels, 3 iterations, MLP 128, learned
-        Gaussian initialization, the cost ``DEFAULT_COSTS[variant]``; ``options`` are the other fields."""
+    def of(cls, variant: str, implicit_grad: bool = True, ot: OTConfig | None = None, n_iters: int = 3,
+           cost: str | None = None, **options) -> "ClevrModelConfig":
+        """The paper's model of ``variant``: 10 slots of 64 on 64 channels, ``n_iters`` iterations, MLP 128,
+        learned Gaussian initialization, the cost ``DEFAULT_COSTS[variant]`` (``cost`` replaces it for the OT
+        variants); ``options`` are the other fields."""
         if variant not in DEFAULT_COSTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(DEFAULT_COSTS)}")
-        return cls(SlotAttentionConfig(n_slots=10, dim=64, input_dim=64, variant=variant, cost=DEFAULT_COSTS[variant],
-                                       n_iters=3, mlp_hidden=128, init="learned", implicit_grad=implicit_grad,
+        cost = DEFAULT_COSTS[variant] if cost is None or variant == "sa" else cost
+        return cls(SlotAttentionConfig(n_slots=10, dim=64, input_dim=64, variant=variant, cost=cost,
+                                       n_iters=n_iters, mlp_hidden=128, init="learned", implicit_grad=implicit_grad,
                                        ot=OTConfig() if ot is None else ot), **options)
 
     def encoder(self) -> EncoderConfig:

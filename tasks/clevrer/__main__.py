@@ -8,29 +8,12 @@ model and data. ``--variant`` picks models here as in every task, so the data va
 ``--variant S`` is ``--data S``. Exit status: 0 on success, 2 for bad arguments, bad input data or an unusable
 run folder (nothing is written then), 130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues).
 """
-import argparse
 import sys
 
 from .. import runner
 from . import experiment
 
-
-def build_parser() -> argparse.ArgumentParser:
-    return runner.build_parser(experiment.TASK, __doc__.split("\n\n")[0])
-
-
-def config_from_args(args: argparse.Namespace) -> runner.Experiment:
-    """The :class:`tasks.runner.Experiment` of parsed arguments; the default run folder is
-    ``runs/clevrer/<S or L>[_real]/<budget>``."""
-    def default_out(cfg) -> str:
-        return f"runs/clevrer/{cfg.data}{'_real' if cfg.data_dir else ''}/{args.budget}"
-
-    return runner.experiment_from_args(experiment.TASK, args, default_out)
-
-
-def main(argv=None) -> int:
-    return runner.main(experiment.TASK, argv, __doc__.split("\n\n")[0], experiment=config_from_args)
-
+build_parser, config_from_args, main = runner.entry_points(experiment, __doc__)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..pool import cores
 from ..scenes import render as _renderer
 from ..scenes.cache import cached
 from ..scenes.records import SceneData
 from .generate import GENERATOR_VERSION, IMAGE_SIZE, SPLITS, generate_clevrer
-from .real import SPLIT_ALIASES, VARIANT_FRAMES, load_clevrer_real
+from .real import SPLIT_ALIASES, VARIANT_FRAMES, load_clevrer_real, official_video_ids
 
-__all__ = ["load_clevrer"]
+__all__ = ["load_clevrer", "Frames", "load_train", "load_test", "load_train_eval", "prepare"]
 
 
 def load_clevrer(variant: str = "S", split: str = "train", data_dir: str | Path | None = None,
@@ -57,3 +58,49 @@ def load_clevrer(variant: str = "S", split: str = "train", data_dir: str | Path 
     return SceneData(arrays["images"], arrays["masks"], ids=[f"generated_{i:05d}" for i in range(n)],
                      meta={"source": "clevrer-generated", "variant": variant, "split": split, "seed": seed,
                            "frames": VARIANT_FRAMES[variant], "version": GENERATOR_VERSION})
+
+
+# ---- the data of the experiment: ``cfg`` is a ``tasks.clevrer.experiment.ClevrerConfig`` (data, data_dir,
+# n_train, n_test, data_seed) -------------------------------------------------------------------------------------
+
+
+class Frames:
+    """The training pairs as the training loop reads them: ``ds[idx]`` -> uint8 (b, 2, 3, H, W)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images[idx]
+
+
+def _load_pairs(cfg, split: str, n: int | None, progress: bool = True):
+    real = {} if cfg.data_dir is None else {"video_ids": official_video_ids(split)}
+    return load_clevrer(cfg.data, split, data_dir=cfg.data_dir, num_videos=n, seed=cfg.data_seed,
+                        workers=cores(), progress=progress, **real)
+
+
+def load_train(cfg, seed: int) -> Frames:
+    return Frames(_load_pairs(cfg, "train", cfg.n_train, progress=False).images)
+
+
+def load_test(cfg):
+    return _load_pairs(cfg, "test", cfg.n_test, progress=False)
+
+
+def load_train_eval(cfg, seed: int):
+    """The training pairs with their masks, for evaluation (the same for every seed)."""
+    return _load_pairs(cfg, "train", cfg.n_train, progress=False)
+
+
+def prepare(cfg, progress: bool) -> None:
+    """Reads (generates or decodes, and caches) both splits, checking every file before any training."""
+    for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
+        data = _load_pairs(cfg, split, n, progress)
+        want = (2, 3, 64, 64)
+        if tuple(data.images.shape[1:]) != want:
+            raise ValueError(f"CLEVRER-{cfg.data} {split} pairs are {tuple(data.images.shape[1:])}, the model "
+                             f"needs (T, C, H, W) = {want}")

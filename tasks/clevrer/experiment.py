@@ -27,23 +27,22 @@ choice, the paper does not give its value.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from slots import (OTConfig, fg_ari, fg_miou, image_autoencoder_config, native_bf16, temporal_consistency,
-                   to_model_range)
+from slots import fg_ari, fg_miou, image_autoencoder_config, native_bf16, temporal_consistency, to_model_range
 
-from ..pool import cores
-from ..runner import BACKENDS, Budget, Metric, Task
-from .data import load_clevrer
+from ..object_discovery import grid_regions
+from ..options import OTOptions, option
+from ..runner import Budget, Data, Metric, Report, Task
+from .data import load_test, load_train, load_train_eval, prepare
 from .generate import SPLITS
 from .model import VideoModelConfig, VideoSlotAutoencoder, video_loss
-from .pictures import draw_video_slots
-from .real import VARIANT_FRAMES, official_video_ids
+from .pictures import draw_run_pictures
+from .real import VARIANT_FRAMES
 
 __all__ = ["ClevrerConfig", "Variant", "VARIANTS", "DEFAULT_VARIANTS", "PAPER_TABLE5", "BUDGETS", "TASK",
            "grid_regions", "draw_run_pictures"]
@@ -104,136 +103,68 @@ BUDGETS = {
 
 
 @dataclass
-class ClevrerConfig:
-    """Data and model options of the CLEVRER experiment.
+class ClevrerConfig(OTOptions):
+    """Data and model options of the CLEVRER experiment (each field's help says what it is).
 
-    Attributes:
-        data: "S" (frames 1 and 16) or "L" (frames 1 and 128).
-        data_dir: the real CLEVRER folder (``tasks.clevrer.real``); None: generated pairs.
-        n_train, n_test: the first this-many pairs of the training / test split; None: the whole split.
-        data_seed: seed of the generated pairs (the same for every training seed).
-        n_slots, slot_dim, mlp_hidden, channels, n_iters: the model (App. F.3 / F.4).
-        cost, cost_scale, marginal_scale, normalize_plan, n_sh_iters, mesh_iters, mesh_lr: slot attention and
-            ``slots.OTConfig`` (the official video configuration's values).
-        low_mesh_lr: MESH step size of the "sa-mesh-low-lr" row.
-        noise_sigma, noise_prior_var: the noise transitions (``tasks.clevrer.model``): a standard deviation of
-            0.1 for fixed noise, and a prior of variance 0.01 (std 0.1) for learned noise. The paper gives
-            neither; the official transition's default prior (variance 0.1, with samples of std e^l) puts its
-            noise at std 0.1 where its KL term is smallest, and both baselines get that scale here.
-        bf16: the convolutions under bfloat16 autocast; None picks it where bfloat16 is native
-            (``slots.native_bf16``: CUDA, or a CPU with AVX-512 BF16 or AMX; elsewhere it is emulated and slower
-            than float32) and is replaced by the choice.
-        channels_last: speed option of ``slots.SlotAutoencoderConfig`` (slot attention stays float32).
-        eval_batch: pairs per forward pass in evaluation. n_pictures: test pairs drawn after training.
-        backend: OT backend ("auto": the default dispatch).
+    The OT options default to the official video configuration's (module docstring). The noise scales are not given by
+    the paper; the official transition's default prior (variance 0.1, with samples of std e^l) puts its noise at
+    std 0.1 where its KL term is smallest, and both baselines get that scale here. ``bf16`` None picks bfloat16
+    where it is native (``slots.native_bf16``: CUDA, or a CPU with AVX-512 BF16 or AMX; elsewhere it is
+    emulated and slower than float32) and is replaced by the choice.
     """
 
-    data: str = "S"
-    data_dir: str | None = None
-    n_train: int | None = None
-    n_test: int | None = None
-    data_seed: int = 0
-    n_slots: int = 8
-    slot_dim: int = 64
-    mlp_hidden: int = 128
-    channels: int = 32
-    n_iters: int = 3
-    cost: str = "cosine"
+    data: str = option("S", "CLEVRER-S (frames 1 and 16) or CLEVRER-L (frames 1 and 128)",
+                       choices=tuple(sorted(VARIANT_FRAMES)))
+    data_dir: str | None = option(None, "the real CLEVRER folder (videos, derender_proposals); none: generated "
+                                        "pairs")
+    n_train: int | None = option(None, "the first this-many training pairs; none: the whole split", minimum=1)
+    n_test: int | None = option(None, "the first this-many test pairs; none: the whole split", minimum=1)
+    data_seed: int = option(0, "seed of the generated pairs (the same for every training seed)", minimum=0)
+    n_slots: int = option(8, "slots", minimum=1)
+    slot_dim: int = option(64, "slot size", minimum=1)
+    mlp_hidden: int = option(128, "width of slot attention's MLP", minimum=1)
+    channels: int = option(32, "encoder and decoder channels", minimum=1)
+    cost: str | None = "cosine"
     cost_scale: float = 6.0
-    marginal_scale: float = 18.0
+    marginal_scale: float | None = 18.0
     normalize_plan: bool = False
-    n_sh_iters: int = 5
-    mesh_iters: int = 4
-    mesh_lr: float = 8.0
-    low_mesh_lr: float = 2.0
-    noise_sigma: float = 0.1
-    noise_prior_var: float = 0.01
-    bf16: bool | None = None
-    channels_last: bool = True
-    eval_batch: int = 32
-    n_pictures: int = 4
-    backend: str = "auto"
+    low_mesh_lr: float = option(2.0, "MESH step size of the sa-mesh-low-lr row (the paper does not give its "
+                                     "value)", positive=True)
+    noise_sigma: float = option(0.1, "standard deviation of the fixed-noise transition", positive=True)
+    noise_prior_var: float = option(0.01, "prior variance of the learned-noise transition", positive=True)
+    bf16: bool | None = option(None, "convolutions under bfloat16 autocast: auto = where bfloat16 is native",
+                               choices={"auto": None, "on": True, "off": False})
+    channels_last: bool = option(True, "convolutions in channels-last memory (slot attention stays float32)")
+    eval_batch: int = option(32, "pairs per forward pass in evaluation", minimum=1)
+    n_pictures: int = option(4, "test pairs drawn after training", minimum=0)
 
     def __post_init__(self):
-        if self.data not in VARIANT_FRAMES:
-            raise ValueError(f"data must be one of {sorted(VARIANT_FRAMES)}, got {self.data!r}")
-        if self.data_dir is not None:
-            self.data_dir = str(self.data_dir)
+        super().__post_init__()
         if self.bf16 is None:
             self.bf16 = native_bf16()
-        if not isinstance(self.bf16, bool):
-            raise ValueError(f"bf16 must be a bool or None, got {self.bf16!r}")
-        for name in ("n_train", "n_test"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
-        for name, minimum in (("data_seed", 0), ("eval_batch", 1), ("n_pictures", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         for v in VARIANTS:
             self.model(v)  # validates the model options
 
     def model(self, variant: str) -> VideoModelConfig:
         """The model configuration of one row of ``VARIANTS``."""
         row = VARIANTS[variant]
-        ot = OTConfig(n_sh_iters=self.n_sh_iters, mesh_iters=self.mesh_iters,
-                      mesh_lr=self.low_mesh_lr if row.low_mesh_lr else self.mesh_lr, cost_scale=self.cost_scale,
-                      marginal_scale=self.marginal_scale, normalize_plan=self.normalize_plan,
-                      backend=None if self.backend == "auto" else self.backend)
+        ot = self.ot_config(row.attention)
+        if row.low_mesh_lr:
+            ot = replace(ot, mesh_lr=self.low_mesh_lr)
         auto = image_autoencoder_config(self.n_slots, row.attention, self.cost, channels=self.channels,
                                         slot_dim=self.slot_dim, mlp_hidden=self.mlp_hidden, n_iters=self.n_iters,
                                         ot=ot, bf16=self.bf16, channels_last=self.channels_last)
         return VideoModelConfig(auto, transition=row.transition, noise_sigma=self.noise_sigma,
                                 noise_prior_var=self.noise_prior_var)
 
+    def model_config(self, variant: str) -> dict:
+        return self.model(variant).to_dict()
 
-# ---------------------------------------------------------------------------------------------------
-# Data
+    def train_size(self) -> int:
+        return self.n_train or SPLITS["train"][1]
 
-
-class _Frames:
-    """The training pairs as the training loop reads them: ``ds[idx]`` -> uint8 (b, 2, 3, H, W)."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.images[idx]
-
-
-def _load(cfg: ClevrerConfig, split: str, n: int | None, progress: bool = True):
-    real = {} if cfg.data_dir is None else {"video_ids": official_video_ids(split)}
-    return load_clevrer(cfg.data, split, data_dir=cfg.data_dir, num_videos=n, seed=cfg.data_seed,
-                        workers=cores(), progress=progress, **real)
-
-
-def _load_train(cfg: ClevrerConfig, seed: int) -> _Frames:
-    return _Frames(_load(cfg, "train", cfg.n_train, progress=False).images)
-
-
-def _load_test(cfg: ClevrerConfig):
-    return _load(cfg, "test", cfg.n_test, progress=False)
-
-
-def _load_train_eval(cfg: ClevrerConfig, seed: int):
-    """The training pairs with their masks, for evaluation (the same for every seed)."""
-    return _load(cfg, "train", cfg.n_train, progress=False)
-
-
-def _prepare(cfg: ClevrerConfig, progress: bool) -> None:
-    """Reads (generates or decodes, and caches) both splits, checking every file before any training."""
-    for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
-        data = _load(cfg, split, n, progress)
-        want = (2, 3, 64, 64)
-        if tuple(data.images.shape[1:]) != want:
-            raise ValueError(f"CLEVRER-{cfg.data} {split} pairs are {tuple(data.images.shape[1:])}, the model "
-                             f"needs (T, C, H, W) = {want}")
+    def run_folder(self, budget: str) -> str:
+        return f"runs/clevrer/{self.data}{'_real' if self.data_dir else ''}/{budget}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -247,17 +178,6 @@ def _build(cfg: ClevrerConfig, variant: str) -> VideoSlotAutoencoder:
 def _loss(model, frames: torch.Tensor) -> torch.Tensor:
     x = to_model_range(frames)  # (B, 2, 3, H, W) in [-1, 1]
     return video_loss(model(x), x)
-
-
-def grid_regions(n_regions: int, height: int, width: int) -> torch.Tensor:
-    """A fixed partition of the image into a grid of ``n_regions`` blocks (rows <= columns, as square as
-    ``n_regions`` allows): one-hot float (n_regions, height, width)."""
-    rows = max(r for r in range(1, int(math.isqrt(n_regions)) + 1) if n_regions % r == 0)
-    cols = n_regions // rows
-    ys = torch.arange(height) * rows // height  # (H,) block row of each pixel row
-    xs = torch.arange(width) * cols // width
-    ids = ys[:, None] * cols + xs[None, :]  # (H, W)
-    return F.one_hot(ids, n_regions).permute(2, 0, 1).float()
 
 
 def _scores(test, eval_batch: int, predict) -> dict:
@@ -297,32 +217,6 @@ def _baselines(cfg: ClevrerConfig, test) -> dict:
     return {GRID: {k: v for k, v in scores.items() if k != "mse"}}
 
 
-def draw_run_pictures(model: VideoSlotAutoencoder, test, cfg: ClevrerConfig, variant: str, run_dir: Path,
-                      seed: int = 0) -> Path | None:
-    """Draw ``run_dir / "pictures.png"`` (``tasks.clevrer.pictures``) for the first ``cfg.n_pictures`` test pairs;
-    the model's random draws (slot initialization, noise) use ``seed``. Returns the path, or None for 0 pictures."""
-    n = min(cfg.n_pictures, len(test))
-    if n == 0:
-        return None
-    device = next(model.parameters()).device
-    frames = test.images[:n]
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(seed)
-        out = model(to_model_range(frames.to(device)))
-    name = VARIANTS[variant].name if variant in VARIANTS else variant
-    title = (f"{name}, {run_dir.name}, CLEVRER-{cfg.data}: rows are frames (two per test pair); slot k has the "
-             "same colour in both frames")
-    return draw_video_slots(frames, test.masks[:n], out.recon, out.masks, run_dir / "pictures.png", title)
-
-
-def _after_train(model, test, cfg: ClevrerConfig, run_dir: Path) -> None:
-    draw_run_pictures(model, test, cfg, run_dir.parent.name, run_dir)  # the runner's <out>/<variant>/seed<s>/
-
-
-def _model_config(cfg: ClevrerConfig, variant: str) -> dict:
-    return cfg.model(variant).to_dict()
-
-
 def _paper(cfg: ClevrerConfig) -> dict:
     return PAPER_TABLE5[cfg.data]
 
@@ -340,42 +234,15 @@ def _describe(cfg: ClevrerConfig, budget: Budget, seeds: int) -> str:
             f"{'bfloat16' if cfg.bf16 else 'float32'}; mean ± std over {seeds} seed(s).")
 
 
-def _validate(cfg: ClevrerConfig, budget: Budget) -> None:
-    n_train = cfg.n_train or SPLITS["train"][1]
-    if n_train < budget.batch_size:
-        raise ValueError(f"n_train ({n_train}) must be at least one batch ({budget.batch_size})")
-
-
-def _add_arguments(p, steps_group) -> None:
-    from ..runner import int_at_least, positive_float
-
-    p.add_argument("--data", choices=sorted(VARIANT_FRAMES), default=ClevrerConfig.data,
-                   help="CLEVRER-S (frames 1 and 16) or CLEVRER-L (frames 1 and 128)")
-    p.add_argument("--data-dir", help="the real CLEVRER folder (videos, derender_proposals); default: "
-                                      "generated pairs")
-    p.add_argument("--n-train", type=int_at_least(1), help="training pairs (default: the budget's, or all)")
-    p.add_argument("--n-test", type=int_at_least(1), help="test pairs (default: the budget's, or all)")
-    p.add_argument("--low-mesh-lr", type=positive_float, default=ClevrerConfig.low_mesh_lr,
-                   help="MESH step size of the sa-mesh-low-lr row (the paper does not give its value)")
-
-
-def _options_from_args(args) -> dict:
-    options = {"data": args.data, "data_dir": args.data_dir, "low_mesh_lr": args.low_mesh_lr}
-    for name in ("n_train", "n_test"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    return options
-
-
 TASK = Task(
     name="clevrer", config=ClevrerConfig, variants={v: row.name for v, row in VARIANTS.items()},
-    default_variants=DEFAULT_VARIANTS, load_train=_load_train, load_test=_load_test, build=_build, loss=_loss,
-    evaluate=_evaluate,
-    metrics=(Metric("fg_ari", "FG-ARI", fmt=".1f"), Metric("fg_miou", "FG-mIoU", fmt=".1f"),
-             Metric("tc", "TC", fmt=".1f"), Metric("mse", "test MSE", lower_is_better=True, fmt=".4f")),
-    paper=_paper, paper_label="Table 5, % (mean ± std over 5 seeds)", budgets=BUDGETS,
-    default_budget="paper" if torch.cuda.is_available() else "cpu",
-    describe=_describe, aggregate="mean", baselines=_baselines, after_train=_after_train,
-    model_config=_model_config, validate=_validate, prepare=_prepare, add_arguments=_add_arguments,
-    options_from_args=_options_from_args, plot_file="fg_ari_vs_steps.png", model_kind="video_slot_autoencoder",
-    load_train_eval=_load_train_eval)
+    default_variants=DEFAULT_VARIANTS,
+    data=Data(load_train=load_train, load_test=load_test, prepare=prepare, load_train_eval=load_train_eval),
+    build=_build, loss=_loss, evaluate=_evaluate,
+    report=Report(metrics=(Metric("fg_ari", "FG-ARI", fmt=".1f"), Metric("fg_miou", "FG-mIoU", fmt=".1f"),
+                           Metric("tc", "TC", fmt=".1f"), Metric("mse", "test MSE", lower_is_better=True, fmt=".4f")),
+                  paper=_paper, paper_label="Table 5, % (mean ± std over 5 seeds)", describe=_describe,
+                  aggregate="mean", baselines=_baselines, after_train=draw_run_pictures,
+                  plot_file="fg_ari_vs_steps.png"),
+    budgets=BUDGETS, default_budget="paper" if torch.cuda.is_available() else "cpu",
+    model_kind="video_slot_autoencoder")

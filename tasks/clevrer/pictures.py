@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slots import to_model_range
+
 from ..scenes.show import PALETTE, overlay_masks
 
-__all__ = ["draw_video_slots"]
+__all__ = ["draw_video_slots", "draw_run_pictures"]
 
 
 def _upscale(x: np.ndarray, s: int) -> np.ndarray:
@@ -82,3 +84,24 @@ def draw_video_slots(images: torch.Tensor, gt: torch.Tensor, recon: torch.Tensor
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
     return path
+
+
+def draw_run_pictures(model, test, cfg, variant: str, run_dir: Path,
+                      seed: int = 0) -> Path | None:
+    """Draw ``run_dir / "pictures.png"`` (``tasks.clevrer.pictures``) for the first ``cfg.n_pictures`` test pairs
+    (``cfg`` a ``tasks.clevrer.experiment.ClevrerConfig``); the model's random draws (slot initialization,
+    noise) use ``seed``. Returns the path, or None for 0 pictures."""
+    n = min(cfg.n_pictures, len(test))
+    if n == 0:
+        return None
+    device = next(model.parameters()).device
+    frames = test.images[:n]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(seed)
+        out = model(to_model_range(frames.to(device)))
+    from .experiment import VARIANTS
+
+    name = VARIANTS[variant].name if variant in VARIANTS else variant
+    title = (f"{name}, {run_dir.name}, CLEVRER-{cfg.data}: rows are frames (two per test pair); slot k has the "
+             "same colour in both frames")
+    return draw_video_slots(frames, test.masks[:n], out.recon, out.masks, run_dir / "pictures.png", title)

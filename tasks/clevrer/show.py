@@ -13,8 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..runner import int_at_least
-from ..scenes.show import save_grid, show_parser
+from ..scenes.show import show_parser, write_samples
 from .data import load_clevrer
 
 
@@ -30,7 +29,7 @@ def _redraw(run: Path) -> Path:
         raise CheckpointError(f"{run / CHECKPOINT_NAME} is a checkpoint of task {trained.task.name!r}, not "
                               f"{TASK.name!r}")
     cfg = trained.config
-    path = draw_run_pictures(trained.model, TASK.load_test(cfg), cfg, trained.variant, run)
+    path = draw_run_pictures(trained.model, TASK.data.load_test(cfg), cfg, trained.variant, run)
     if path is None:
         raise ValueError(f"the run in {run} was trained with n_pictures 0: nothing to draw")
     return path
@@ -39,7 +38,6 @@ def _redraw(run: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = show_parser("clevrer")
     parser.add_argument("--variant", default="S", choices=("S", "L"), help="CLEVRER-S or CLEVRER-L (default: S)")
-    parser.add_argument("--workers", type=int_at_least(1), default=1, help="generator processes (default: 1)")
     parser.add_argument("--run", type=Path, help="a trained run folder: redraw its pictures.png (the data "
                                                  "options are the run's own; the others are ignored)")
     parser.set_defaults(ncols=2)
@@ -54,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     data = load_clevrer(args.variant, args.split, data_dir=args.data_dir, num_videos=args.num, seed=args.seed,
                         cache_dir=args.cache_dir, workers=args.workers)
-    out = save_grid(data.images[:args.num], data.masks[:args.num], args.out, ncols=args.ncols)
-    print(f"wrote {out} ({min(args.num, len(data))} pairs, CLEVRER-{args.variant}, {data.meta.get('source')})")
-    return 0
+    return write_samples(data, args, f"pairs, CLEVRER-{args.variant}")
 
 
 if __name__ == "__main__":

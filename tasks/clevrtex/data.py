@@ -33,11 +33,10 @@ import numpy as np
 import torch
 
 from ..clevr.data import encode_scenes
-from ..scenes import render as _renderer
 from ..scenes.cache import cached
 from ..scenes.records import DataFormatError, MissingDataError, SceneData, require_dir, require_file
-from ..scenes.render import (SHAPES, TEXTURES, Camera, check_generation, concat_blocks, geometry_batch, project,
-                             render, run_in_blocks, sample_geometry)
+from ..scenes.render import (SHAPES, TEXTURES, Camera, cached_scenes, check_generation, concat_blocks,
+                             geometry_batch, project, render, run_in_blocks, sample_geometry)
 
 __all__ = [
     "GENERATOR_VERSION", "IMAGE_SIZE", "MAX_OBJECTS", "SIZES", "TEX_MATERIALS", "SPLITS", "CROP_FRACTION",
@@ -286,18 +285,12 @@ def load_clevrtex(split: str = "train", num_images: int | None = None, seed: int
 
     Both generated and real data are cached.
     """
+    if data_dir is None:
+        arrays, meta = cached_scenes("clevrtex", split, num_images, seed, SPLITS, IMAGE_SIZE, GENERATOR_VERSION,
+                                     generate_clevrtex, workers, progress, cache_dir)
+        return SceneData(arrays["images"], arrays["masks"], meta=meta)
     if num_images is not None and num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if data_dir is None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-        n = SPLITS[split][1] if num_images is None else int(num_images)
-        params = {"split": split, "num_images": n, "seed": seed, "image_size": IMAGE_SIZE}
-        arrays = cached(f"clevrtex-{split}", params, f"{GENERATOR_VERSION}+render{_renderer.RENDER_VERSION}",
-                        lambda: generate_clevrtex(n, seed, split, workers=workers, progress=progress), cache_dir)
-        return SceneData(arrays["images"], arrays["masks"],
-                         meta={"source": "clevrtex-generated", "split": split, "seed": seed,
-                               "version": GENERATOR_VERSION})
     root = require_dir(Path(data_dir).expanduser(), "ClevrTex data folder")
     files = sorted(root.rglob(f"CLEVRTEX_{variant}_*.png"))
     fingerprint = {"root": str(root.resolve()), "files": len(files), "bytes": int(sum(p.stat().st_size for p in files))}

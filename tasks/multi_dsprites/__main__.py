@@ -1,16 +1,11 @@
-"""``python -m tasks.multi_dsprites``: the Multi-dSprites object-discovery experiment (Table 3) on the shared runner.
-
-Trains SA, SA-SH and SA-MESH (``--variant sa-emd`` adds SA-EMD) at the CPU budget (``--budget paper``: the
-paper's schedule, for a GPU); see ``tasks.multi_dsprites.experiment`` for the budgets, ``tasks.runner`` for the
-run folder and ``tasks.multi_dsprites.show --run`` for the pictures.
-"""
+"""``python -m tasks.multi_dsprites``: the object-discovery task on Multi-dSprites (Table 3); see
+``tasks.object_discovery``. Trains SA, SA-SH and SA-MESH (``--variant sa-emd`` adds SA-EMD)."""
 import functools
 import sys
 
 from ..object_discovery import command
-from .experiment import TASK
 
-main = functools.partial(command, TASK)
+main = functools.partial(command, "multi_dsprites")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,8 @@ import math
 import numpy as np
 import torch
 
+from kernels import check_int
+
 __all__ = ["RandomObjects", "make_split", "SPLITS"]
 
 SPLITS = {"train": 1, "test": 2}
@@ -59,11 +61,6 @@ class RandomObjects:
         return x, obj
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def make_split(split: str, n: int, sigma: float, seed: int = 0, n_objects: int = 5, n_background: int = 100,
                dim: int = 32) -> RandomObjects:
     """Generate a split of the random-objects data set.
@@ -80,11 +77,11 @@ def make_split(split: str, n: int, sigma: float, seed: int = 0, n_objects: int =
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    _check_int("n", n, 1)
-    _check_int("seed", seed, 0)
-    _check_int("n_objects", n_objects, 1)
-    _check_int("n_background", n_background, 0)
-    _check_int("dim", dim, 1)
+    check_int(n, "n", 1)
+    check_int(seed, "seed", 0)
+    check_int(n_objects, "n_objects", 1)
+    check_int(n_background, "n_background", 0)
+    check_int(dim, "dim", 1)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
     state = np.random.SeedSequence([seed, SPLITS[split]]).generate_state(2)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from slots import COSTS, MARGINAL_INPUTS, MESH_OBJECTIVES, OTConfig, hungarian_mse_loss, normalized_hungarian_rmse
+from slots import hungarian_mse_loss, normalized_hungarian_rmse, plan_entropy
 
-from ..runner import BACKENDS, Budget, Metric, Task, require_one_batch
+from ..options import OTOptions, option
+from ..runner import Budget, Data, Metric, Report, Task
 from ..runner import format_table as _format_table
 from .data import make_split
 from .model import HEADS, ModelConfig, RandomObjectsModel
@@ -55,96 +56,52 @@ BUDGETS = {
     "paper": Budget(steps=20_000, batch_size=64, lr=4e-4, warmup_steps=10_000, decay_steps=100_000, grad_clip=0.1,
                     note="the paper's: 20 epochs of 1,000 steps, the official optimizer settings"),
     "quick": Budget(steps=1_500, batch_size=64, eval_every=250, ckpt_every=500, overrides={"n_test": 1_280},
+                    shortcut=True,
                     note="a check that the pipeline runs (not a result), about two minutes for all four variants "
                          "on two CPU cores"),
 }
 
 
 @dataclass
-class RandomObjectsConfig:
-    """Data and model options of the random-objects experiment.
+class RandomObjectsConfig(OTOptions):
+    """Data and model options of the random-objects experiment (each field's help says what it is).
 
-    Attributes:
-        sigma: standard deviation of the objects, > 0.
-        n_train, n_test: training and test examples. n_objects, n_background, dim: the data (5, 100, 32).
-        eval_batch: examples per forward pass during evaluation.
-        head, n_iters, mesh_lr, mesh_iters: model options (see ``model.ModelConfig``, ``slots.OTConfig``); the
-            slots are the predictions (``head="none"``), as the paper's text has it. MESH's step size is 1 here
-            (the official object-discovery configurations use 8; the paper states none for Table 1 and uses
-            1-8 in Fig. 1).
-        slot_init_scale: factor on the initial slots (``slots.SlotAttentionConfig.init_scale``), a number > 0
-            or "sigma" (the objects' scale). The paper does not state it; 1 is the official code's. 0.01 here:
-            the slots start near the objects' smallest scale instead of spending the warm-up shrinking.
-        cost: the OT variants' cost (a key of ``slots.COSTS``); None is "l2", the official code's. SA keeps
-            its scaled dot product.
-        marginal_input: what the input-marginal network sees (``slots.OTConfig.marginal_input``).
-        straight_through, learn_mesh_lr, mesh_objective, similarity_alpha: SA-MESH's options (``slots.OTConfig``;
-            the MESH variants of App. B and I); the other variants ignore them.
-        normalize_plan, learned_marginals: the OT variants' plan normalization and App. A marginals
-            (``slots.OTConfig``; the official code uses the raw plan, ``normalize_plan=False``).
-        warm_start_grad: SA-MESH's potentials carry the official code's gradient back through the MESH steps
-            (``slots.OTConfig.warm_start_grad``).
-        backend: OT backend (``slots.OTConfig.backend``); "auto" is the default dispatch.
+    The slots are the predictions (``head="none"``), as the paper's text has it. MESH's step size is 1 here
+    (the official object-discovery configurations use 8; the paper states none for Table 1 and uses 1-8 in
+    Fig. 1). The initial slots' scale is not stated by the paper; 1 is the official code's, 0.01 here starts the
+    slots near the objects' smallest scale instead of spending the warm-up shrinking them. The cost None is
+    "l2", the official code's; SA keeps its scaled dot product.
     """
 
-    sigma: float = 0.01
-    n_train: int = 64_000
-    n_test: int = 6_400
-    n_objects: int = 5
-    n_background: int = 100
-    dim: int = 32
-    eval_batch: int = 1_000
-    head: str = "none"
-    n_iters: int = 3
-    slot_init_scale: float | str = 0.01
-    cost: str | None = None
+    sigma: float = option(0.01, "standard deviation of the objects", positive=True)
+    n_train: int = option(64_000, "training examples", minimum=1)
+    n_test: int = option(6_400, "test examples", minimum=1)
+    n_objects: int = option(5, "objects per example (and slots)", minimum=1)
+    n_background: int = option(100, "zero (background) inputs per example", minimum=0)
+    dim: int = option(32, "object dimension", minimum=1)
+    eval_batch: int = option(1_000, "examples per forward pass during evaluation", minimum=1)
+    head: str = option("none", "read-out of the slots: none (the slots are the predictions, as in the paper's "
+                               "text) or a zero-initialised linear map", choices=HEADS)
+    slot_init_scale: float | str = option(0.01, "factor on the initial slots: a number > 0, or 'sigma' (the "
+                                                "objects' scale)", positive=True, choices=("sigma",))
     mesh_lr: float = 1.0
-    mesh_iters: int = 4
-    straight_through: bool = True
-    learn_mesh_lr: bool = False
-    mesh_objective: str = "entropy"
-    similarity_alpha: float = 0.0
-    warm_start_grad: bool = False
-    normalize_plan: bool = True
-    learned_marginals: bool = True
-    marginal_input: str = "normalized"
-    backend: str = "auto"
 
     def __post_init__(self):
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not math.isfinite(self.sigma) \
-                or self.sigma <= 0:
-            raise ValueError(f"sigma must be a finite number > 0, got {self.sigma!r}")
-        self.sigma = float(self.sigma)
-        for name, minimum in (("n_train", 1), ("n_test", 1), ("n_objects", 1), ("n_background", 0), ("dim", 1),
-                              ("eval_batch", 1), ("n_iters", 1), ("mesh_iters", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.slot_init_scale != "sigma":
-            if isinstance(self.slot_init_scale, bool) or not isinstance(self.slot_init_scale, (int, float)) \
-                    or not math.isfinite(self.slot_init_scale) or self.slot_init_scale <= 0:
-                raise ValueError(f"slot_init_scale must be a finite number > 0 or 'sigma', got {self.slot_init_scale!r}")
-            self.slot_init_scale = float(self.slot_init_scale)
-        if self.cost is not None and self.cost not in COSTS:
-            raise ValueError(f"cost must be None or one of {', '.join(COSTS)}, got {self.cost!r}")
+        super().__post_init__()
         self.model("sa-mesh")  # validates the model options
 
     def model(self, variant: str) -> ModelConfig:
         """The model configuration of one variant."""
-        backend = None if self.backend == "auto" else self.backend
-        mesh = {}
-        if variant == "sa-mesh":
-            mesh = dict(straight_through=self.straight_through, learn_mesh_lr=self.learn_mesh_lr,
-                        mesh_objective=self.mesh_objective, similarity_alpha=self.similarity_alpha,
-                        warm_start_grad=self.warm_start_grad)
         init_scale = self.sigma if self.slot_init_scale == "sigma" else self.slot_init_scale
         return ModelConfig(variant=variant, cost=None if variant == "sa" else self.cost, n_slots=self.n_objects,
                            dim=self.dim, n_iters=self.n_iters, init_scale=init_scale, head=self.head,
-                           ot=OTConfig(mesh_lr=self.mesh_lr, mesh_iters=self.mesh_iters,
-                                       normalize_plan=self.normalize_plan, learned_marginals=self.learned_marginals,
-                                       marginal_input=self.marginal_input, backend=backend, **mesh))
+                           ot=self.ot_config(variant))
+
+    def model_config(self, variant: str) -> dict:
+        return self.model(variant).to_dict()
+
+    def run_folder(self, budget: str) -> str:
+        return f"runs/random_objects/sigma_{self.sigma:g}"
 
 
 def _paper(cfg: RandomObjectsConfig) -> dict:
@@ -213,22 +170,6 @@ def _evaluate(model, test, cfg: RandomObjectsConfig) -> dict:
     return metrics
 
 
-def plan_entropy(plan: torch.Tensor) -> torch.Tensor:
-    """The entropy of each slot's attention column, normalized to sum 1, averaged over the slots.
-
-    log(k + h) (4.65 for 105 inputs) for a slot that attends to every input alike, 0 for one that attends to
-    a single input; MESH lowers it for the OT variants (Sec. 4).
-
-    Args:
-        plan: (B, n, m) last-iteration attention plan, rows are inputs, columns are slots.
-
-    Returns:
-        (B,) mean over the m slots of -sum_i w_ij log w_ij, w = each column of the plan divided by its sum.
-    """
-    w = plan / plan.sum(1, keepdim=True).clamp_min(1e-30)  # (B, n, m): columns sum to 1
-    return -(w * w.clamp_min(1e-30).log()).sum(1).mean(1)
-
-
 IDEAL_ROUTING = "ideal routing, linear read-out"
 
 
@@ -263,10 +204,6 @@ def _baselines(cfg: RandomObjectsConfig, test) -> dict:
             IDEAL_ROUTING: {"rmse_norm": ideal_routing_rmse(test.objects, cfg.sigma, torch.nn.LayerNorm(cfg.dim).eps)}}
 
 
-def _model_config(cfg: RandomObjectsConfig, variant: str) -> dict:
-    return cfg.model(variant).to_dict()
-
-
 def setup_label(cfg: RandomObjectsConfig, budget: Budget) -> str:
     """The set-up in a few words: the read-out, the initial slots' scale, MESH's step size, the cost and
     marginals where they are not the official code's, and the optimizer schedule."""
@@ -281,8 +218,7 @@ def setup_label(cfg: RandomObjectsConfig, budget: Budget) -> str:
         parts.append(f"marginal network on the {cfg.marginal_input} inputs")
     if not cfg.normalize_plan:
         parts.append("raw plan")
-    warmup = min(1_000, budget.steps // 20) if budget.warmup_steps is None else budget.warmup_steps
-    parts.append(f"Adam {budget.lr:g}, {warmup:,} warm-up steps, clipping at {budget.grad_clip:g}")
+    parts.append(f"Adam {budget.lr:g}, {budget.warmup():,} warm-up steps, clipping at {budget.grad_clip:g}")
     return ", ".join(parts)
 
 
@@ -292,84 +228,17 @@ def _describe(cfg: RandomObjectsConfig, budget: Budget, seeds: int) -> str:
             f"{budget.steps:,} steps of batch {budget.batch_size}, median over {seeds} seed(s).")
 
 
-def _add_arguments(p, steps_group) -> None:
-    from ..runner import float_at_least_zero, int_at_least, positive_float
-
-    p.add_argument("--sigma", type=positive_float, default=RandomObjectsConfig.sigma,
-                   help="standard deviation of the objects")
-    p.add_argument("--quick", action="store_const", const="quick", dest="budget",
-                   help="the 'quick' budget: " + BUDGETS["quick"].note)
-    steps_group.add_argument("--epochs", type=int_at_least(1),
-                   help="epochs per run, each n_train / batch_size steps (instead of --steps)")
-    p.add_argument("--n-train", type=int_at_least(1), default=RandomObjectsConfig.n_train, help="training examples")
-    p.add_argument("--n-test", type=int_at_least(1), help="test examples (default 6,400; --quick 1,280)")
-    p.add_argument("--head", choices=HEADS, default=RandomObjectsConfig.head,
-                   help="read-out of the slots: none (the slots are the predictions, as in the paper's text) or a "
-                        "zero-initialised linear map")
-    p.add_argument("--n-iters", type=int_at_least(1), default=RandomObjectsConfig.n_iters,
-                   help="slot-attention iterations")
-    p.add_argument("--slot-init-scale", type=_init_scale, default=RandomObjectsConfig.slot_init_scale,
-                   help="factor on the initial slots: a number > 0, or 'sigma' (the objects' scale)")
-    ot = p.add_argument_group("OT options (SA-SH, SA-EMD, SA-MESH; SA ignores them)")
-    ot.add_argument("--cost", choices=tuple(COSTS), help="the OT variants' cost (default: l2, the Euclidean "
-                                                         "distance, as the official code)")
-    ot.add_argument("--marginal-input", choices=MARGINAL_INPUTS, default=RandomObjectsConfig.marginal_input,
-                    help="what the input-marginal network of App. A sees: the normalized inputs LN(x), as the "
-                         "keys and values, or the raw inputs x")
-    ot.add_argument("--raw-plan", action="store_true",
-                    help="the raw transport plan as attention weights, as the official code (default: each "
-                         "slot's column normalized to sum 1)")
-    ot.add_argument("--uniform-marginals", action="store_true",
-                    help="uniform marginals instead of the learned ones of App. A")
-    mesh = p.add_argument_group("SA-MESH options (the MESH variants of App. B and I; other variants ignore them)")
-    mesh.add_argument("--mesh-lr", type=float_at_least_zero, default=RandomObjectsConfig.mesh_lr,
-                      help="MESH step size (lambda of Eq. 11)")
-    mesh.add_argument("--mesh-iters", type=int_at_least(0), default=RandomObjectsConfig.mesh_iters,
-                      help="MESH steps (T of Eq. 11)")
-    mesh.add_argument("--no-straight-through", action="store_true",
-                      help="differentiate through the MESH steps (needed by --mesh-objective learned and "
-                           "--similarity-alpha)")
-    mesh.add_argument("--learn-mesh-lr", action="store_true", help="learn the MESH step size, starting at --mesh-lr")
-    mesh.add_argument("--mesh-objective", choices=MESH_OBJECTIVES, default=RandomObjectsConfig.mesh_objective,
-                      help="what MESH minimizes: the entropy (Eq. 9) or a learned elementwise objective (App. I)")
-    mesh.add_argument("--similarity-alpha", type=float_at_least_zero, default=RandomObjectsConfig.similarity_alpha,
-                      help="weight of App. B's similarity regulariser (Eq. 13); 0: off")
-    mesh.add_argument("--warm-start-grad", action="store_true",
-                      help="the official code's gradient: MESH's warm-start potentials stay on the autograd graph")
-
-
-def _init_scale(text: str) -> float | str:
-    """argparse type of ``--slot-init-scale``: "sigma" or a finite number > 0."""
-    from ..runner import positive_float
-
-    return text if text == "sigma" else positive_float(text)
-
-
-def _options_from_args(args) -> dict:
-    options = {"sigma": args.sigma, "n_train": args.n_train, "head": args.head, "n_iters": args.n_iters,
-               "slot_init_scale": args.slot_init_scale, "cost": args.cost, "marginal_input": args.marginal_input,
-               "mesh_lr": args.mesh_lr, "mesh_iters": args.mesh_iters,
-               "straight_through": not args.no_straight_through, "learn_mesh_lr": args.learn_mesh_lr,
-               "mesh_objective": args.mesh_objective, "similarity_alpha": args.similarity_alpha,
-               "warm_start_grad": args.warm_start_grad, "normalize_plan": not args.raw_plan,
-               "learned_marginals": not args.uniform_marginals}
-    if args.n_test is not None:
-        options["n_test"] = args.n_test
-    return options
-
-
 # One training step's time relative to SA's (tests/tasks/test_bench_random_objects.py, the default path, mean of two
 # runs on the 2-core CPU machine; BENCHMARKS.md): parallel runs start the costliest first (``tasks.runner.schedule``).
 STEP_COST = {"sa": 1.0, "sa-sh": 2.5, "sa-emd": 4.0, "sa-mesh": 3.5}
 
 TASK = Task(
     name="random_objects", config=RandomObjectsConfig, variants=VARIANT_NAMES, default_variants=VARIANTS,
-    load_train=_load_train, load_test=_load_test, build=_build, loss=_loss, evaluate=_evaluate,
-    metrics=(Metric("rmse_norm", "normalized RMSE", lower_is_better=True),), paper=_paper,
-    paper_label="Table 1, median of 5 seeds", budgets=BUDGETS, default_budget="paper", describe=_describe,
-    aggregate="median", baselines=_baselines, model_config=_model_config,
-    validate=require_one_batch, add_arguments=_add_arguments, options_from_args=_options_from_args,
-    plot_file="rmse_vs_steps.png", model_kind="random_objects_model", step_cost=STEP_COST)
+    data=Data(load_train=_load_train, load_test=_load_test), build=_build, loss=_loss, evaluate=_evaluate,
+    report=Report(metrics=(Metric("rmse_norm", "normalized RMSE", lower_is_better=True),), paper=_paper,
+                  paper_label="Table 1, median of 5 seeds", describe=_describe, aggregate="median",
+                  baselines=_baselines, plot_file="rmse_vs_steps.png", step_cost=STEP_COST),
+    budgets=BUDGETS, default_budget="paper", model_kind="random_objects_model")
 
 
 def format_table(summary: dict) -> str:

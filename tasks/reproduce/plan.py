@@ -161,5 +161,5 @@ def planned_steps(exp: Experiment, budget: str) -> int | None:
 
     try:
         return get_task(exp.task).budgets[BUDGETS[budget][exp.task]].steps
-    except (ValueError, KeyError, AttributeError, ImportError):
+    except (ValueError, KeyError, ImportError):
         return None

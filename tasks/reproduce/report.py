@@ -118,8 +118,8 @@ def _step_costs(task: str) -> dict[str, float]:
     from ..runs import get_task
 
     try:
-        return dict(get_task(task).step_cost or {})
-    except (ValueError, ImportError, AttributeError):
+        return dict(get_task(task).report.step_cost or {})
+    except (ValueError, ImportError):
         return {}
 
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["SceneData", "MissingDataError", "DataFormatError", "require_dir", "require_file"]
+__all__ = ["SceneData", "MissingDataError", "DataFormatError", "require_dir", "require_file", "resize_images"]
 
 _MASK_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 
@@ -267,3 +267,19 @@ class SceneData:
                 meta=dict(parts[0].meta))
         except RuntimeError as e:
             raise ValueError(f"SceneData.concat: parts have incompatible shapes or dtypes ({e})") from e
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize (antialiased, as PIL's) of uint8 images (N, 3, H, W) to uint8 (N, 3, size, size),
+    rounded; the images themselves when they already have that size. Works in chunks of 1,024 images."""
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"need uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if tuple(images.shape[2:]) == (size, size):
+        return images
+    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
+    for start in range(0, len(images), 1024):
+        chunk = images[start:start + 1024].float()
+        small = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False)
+        out[start:start + 1024] = small.round_().clamp_(0, 255).to(torch.uint8)
+    return out

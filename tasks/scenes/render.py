@@ -48,7 +48,7 @@ __all__ = [
     "RENDER_VERSION", "SHAPES", "COLORS", "COLOR_NAMES", "MATERIALS", "SIZES", "CLEVR_MIN_DIST", "CLEVR_MARGIN",
     "CLEVR_MIN_PIXELS", "Camera", "Lights", "SceneBatch", "TEXTURES", "render", "index_map", "project",
     "directions", "sample_layout", "visible_pixels", "run_blocks",
-    "sample_geometry", "geometry_batch",
+    "sample_geometry", "geometry_batch", "cached_scenes",
 ]
 
 # Version of everything here that shapes the generators' output (geometry, shading, placement rules,
@@ -972,3 +972,23 @@ def concat_blocks(parts: list, empty_images: tuple, empty_masks: tuple) -> tuple
     images = np.concatenate([p[0] for p in parts]) if parts else np.zeros(empty_images, np.uint8)
     masks = np.concatenate([p[1] for p in parts]) if parts else np.zeros(empty_masks, np.uint8)
     return images, masks, [m for p in parts for m in p[2]]
+
+
+def cached_scenes(name: str, split: str, num_images: int | None, seed: int, splits, image_size: int, version: str,
+                  generate, workers: int = 1, progress: bool = True,
+                  cache_dir=None) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, meta) of ``num_images`` generated scenes of ``split`` (None: the split's size, ``splits[split][1]``),
+    from the cache ``<name>-<split>`` (``tasks.scenes.cache``, keyed by the generator's ``version`` and
+    ``RENDER_VERSION``) or built by ``generate(n, seed, split, workers=, progress=)``; meta is the SceneData's
+    {"source": "<name>-generated", "split", "seed", "version"}."""
+    from .cache import cached
+
+    if num_images is not None and num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if split not in splits:
+        raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
+    n = splits[split][1] if num_images is None else int(num_images)
+    params = {"split": split, "num_images": n, "seed": seed, "image_size": image_size}
+    arrays = cached(f"{name}-{split}", params, f"{version}+render{RENDER_VERSION}",
+                    lambda: generate(n, seed, split, workers=workers, progress=progress), cache_dir)
+    return arrays, {"source": f"{name}-generated", "split": split, "seed": seed, "version": version}

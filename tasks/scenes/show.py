@@ -20,7 +20,7 @@ import torch
 
 from ..runner import int_at_least
 
-__all__ = ["PALETTE", "colorize_masks", "overlay_masks", "save_grid", "show_parser"]
+__all__ = ["PALETTE", "colorize_masks", "overlay_masks", "save_grid", "show_parser", "write_samples"]
 
 # 20 well-separated colours; index k >= 1 uses PALETTE[(k - 1) % 20].
 PALETTE = np.array([
@@ -144,8 +144,8 @@ def show_parser(task: str, default_num: int = 16) -> argparse.ArgumentParser:
     """An argparse parser with the options every ``python -m tasks.<task>.show`` shares.
 
     Options: ``--data-dir`` (real data set root; generated data when omitted), ``--split``, ``--num``
-    (samples shown), ``--seed``, ``--ncols``, ``--cache-dir`` and ``--out`` (PNG path, default
-    ``<task>_samples.png`` in the current folder).
+    (samples shown), ``--seed``, ``--ncols``, ``--cache-dir``, ``--workers`` (generator processes) and ``--out``
+    (PNG path, default ``<task>_samples.png`` in the current folder).
     """
     p = argparse.ArgumentParser(prog=f"python -m tasks.{task}.show",
                                 description=f"Write a PNG grid of {task} samples with their masks overlaid.")
@@ -158,5 +158,14 @@ def show_parser(task: str, default_num: int = 16) -> argparse.ArgumentParser:
     p.add_argument("--ncols", type=int_at_least(1), default=4, help="samples per grid row (default: 4)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache folder (default: $SA_MESH_CACHE or ~/.cache/sa-mesh)")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="generator processes (default: 1)")
     p.add_argument("--out", type=Path, default=Path(f"{task}_samples.png"), help="output PNG path")
     return p
+
+
+def write_samples(data, args: argparse.Namespace, what: str = "samples") -> int:
+    """Write the grid of the first ``args.num`` samples of ``data`` (SceneData) to ``args.out`` and say so;
+    returns the exit status 0."""
+    out = save_grid(data.images[:args.num], data.masks[:args.num], args.out, ncols=args.ncols)
+    print(f"wrote {out} ({min(args.num, len(data))} {what}, {data.meta.get('source')})")
+    return 0

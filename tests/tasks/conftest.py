@@ -2,6 +2,7 @@
 import contextlib
 import dataclasses
 import io
+import os
 import signal
 
 import pytest
@@ -25,6 +26,20 @@ def _restore_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bench_threads():
+    """The set-up of a benchmark module (``pytestmark = pytest.mark.usefixtures("bench_threads")``): freed memory
+    kept as the training loop keeps it (``slots.train.retain_freed_memory``) and $OT_BENCH_THREADS torch threads
+    (default 1); torch's thread count is restored after the module."""
+    from slots.train import retain_freed_memory
+
+    retain_freed_memory()
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OT_BENCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

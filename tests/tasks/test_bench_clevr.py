@@ -18,13 +18,11 @@ Threads: OT_BENCH_THREADS torch threads (default 1, what each of the two runs of
 on a 2-core machine, one job per core by default); the exact EMD of SA-EMD uses its own pool, every core of this
 process (``kernels.exact.emd``'s default, printed in the note). glibc keeps freed memory, as in training.
 """
-import os
 
 import pytest
 import torch
 
 from slots import hungarian_huber_loss
-from slots.train import retain_freed_memory
 from tasks.clevr import ClevrModelConfig, ClevrSet, ClevrSetModel, set_prediction_targets
 from tasks.pool import cores as emd_threads  # kernels.exact.emd's default: every core of this process
 
@@ -32,13 +30,7 @@ B, IMAGE = 64, 128
 VARIANTS = [("baseline", "sa"), ("sa-sh", "sa-sh"), ("sa-emd", "sa-emd"), ("sa-mesh", "sa-mesh")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    retain_freed_memory()
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("OT_BENCH_THREADS", "1")))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("bench_threads")
 
 
 def _batch(channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,6 @@ import pytest
 import torch
 
 from slots import native_bf16
-from slots.train import retain_freed_memory
 from tasks.clevrer.data import load_clevrer
 from tasks.clevrer.experiment import TASK, ClevrerConfig
 from tasks.clevrer.model import VideoSlotAutoencoder
@@ -34,13 +33,7 @@ ROLES = [("baseline", "sa", True), ("sa plain fp32", "sa", False), ("sa-sh", "sa
 SPEED_OPTIONS = ("bf16 + " if native_bf16("cpu") else "") + "channels-last + factored broadcast"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    retain_freed_memory()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("bench_threads")
 
 
 @pytest.fixture(scope="module")

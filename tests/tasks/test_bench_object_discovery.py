@@ -15,12 +15,10 @@ ratio to its baseline (conftest.py):
 CPU runs use OT_BENCH_THREADS torch threads (default 1; see tests/kernels/test_bench_ot.py), and glibc keeps
 freed memory as in training (``slots.train.retain_freed_memory``). A CUDA device is used when present.
 """
-import os
 
 import pytest
 import torch
 
-from slots.train import retain_freed_memory
 from tasks.object_discovery import ModelSpec, build_model, reconstruction_loss
 
 SPEC = ModelSpec(channels=32, slot_dim=64, mlp_hidden=128, n_slots=6)  # Multi-dSprites, App. F.3
@@ -28,13 +26,7 @@ B, R = 64, 64
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pinned_threads():
-    retain_freed_memory()
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("OT_BENCH_THREADS", "1")))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("bench_threads")
 
 
 def _run(benchmark, variant: str, fast: bool, rounds: int = 3):

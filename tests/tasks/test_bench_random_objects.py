@@ -55,7 +55,6 @@ import torch
 from torch import nn
 
 from slots import compile_model, hungarian_mse_loss, losses, pairwise_mse
-from slots.train import retain_freed_memory
 from tasks.random_objects.experiment import RandomObjectsConfig
 from tasks.random_objects.model import RandomObjectsModel
 from tasks.random_objects.profile import train_step
@@ -71,13 +70,7 @@ OFFICIAL_KINDS = {"sa-sh": "sinkhorn", "sa-mesh": "mesh"}  # the official code's
 _DEFAULT_MS = {}  # variant -> median of its default step (ms), for the compiled role's break-even
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    retain_freed_memory()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("bench_threads")
 
 
 def _plain_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

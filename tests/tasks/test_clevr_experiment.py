@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import tasks.clevr.experiment as experiment
+import tasks.clevr.data as clevr_data
 from slots import CLEVR_AP_THRESHOLDS, clevr_average_precision, hungarian_huber_loss, native_bf16
 from slots.train import CHECKPOINT_NAME, RESULTS_NAME, load_checkpoint
 from tasks.clevr import (SET_PREDICTION_SLICES, BUDGETS, ClevrConfig, ClevrModelConfig, ClevrSet,
@@ -37,9 +38,9 @@ def _module_state(tmp_path_factory):
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SA_MESH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        experiment._LOADED.clear()
+        clevr_data._LOADED.clear()
         yield
-    experiment._LOADED.clear()
+    clevr_data._LOADED.clear()
     torch.set_num_threads(threads)
 
 
@@ -336,7 +337,7 @@ def test_bad_real_data_is_one_error_naming_the_file_before_any_work(real_tree, t
     import shutil
 
     monkeypatch.setenv("SA_MESH_CACHE", str(tmp_path / "cache"))
-    experiment._LOADED.clear()
+    clevr_data._LOADED.clear()
     root = tmp_path / "CLEVR_v1.0"
     shutil.copytree(real_tree[0], root)
     expected = _damage(root, real_tree[1], how)
@@ -350,7 +351,7 @@ def test_bad_real_data_is_one_error_naming_the_file_before_any_work(real_tree, t
 
 def test_real_data_trains(real_tree, tmp_path, monkeypatch, run_main):
     monkeypatch.setenv("SA_MESH_CACHE", str(tmp_path / "cache"))
-    experiment._LOADED.clear()
+    clevr_data._LOADED.clear()
     code, stdout, stderr = run_main([*REAL, "--data-dir", real_tree[0].parent, "--out", tmp_path / "run"])
     assert code == 0, stderr
     assert f"CLEVR v1.0 from {real_tree[0].parent}" in stdout

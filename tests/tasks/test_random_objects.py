@@ -457,7 +457,7 @@ def test_search_options_reach_the_model_from_the_command_line():
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--slot-init-scale", "0"], "argument --slot-init-scale: must be a finite number > 0, got 0"),
+    (["--slot-init-scale", "0"], "argument --slot-init-scale: must be a finite number > 0 or 'sigma', got 0"),
     (["--slot-init-scale", "sigmaa"], "argument --slot-init-scale: 'sigmaa' is not a number"),
     (["--mesh-lr", "-1"], "argument --mesh-lr: must be a finite number >= 0, got -1"),
     (["--cost", "l3"], "argument --cost: invalid choice"),
@@ -474,7 +474,7 @@ def test_config_rejects_bad_search_options():
         RandomObjectsConfig(slot_init_scale=-1)
     with pytest.raises(ValueError, match="cost must be None or one of"):
         RandomObjectsConfig(cost="l3")
-    with pytest.raises(ValueError, match="OTConfig.marginal_input must be one of"):
+    with pytest.raises(ValueError, match="marginal_input must be one of normalized, raw"):
         RandomObjectsConfig(marginal_input="both")
 
 
@@ -543,5 +543,5 @@ def test_table_names_the_set_up_in_its_first_line():
     assert other.startswith("a linear read-out of the slots, initial slots x sigma, MESH step 2, OT cost l2sq, "
                             "marginal network on the raw inputs, raw plan")
     assert "uniform marginals" in setup_label(RandomObjectsConfig(learned_marginals=False), paper)
-    describe = experiment.TASK.describe(default, paper, 5)
+    describe = experiment.TASK.report.describe(default, paper, 5)
     assert describe.startswith(f"Random objects detection, sigma = 0.01 (set-up: {label}): ")

@@ -15,13 +15,14 @@ from torch import nn
 
 import emd_cpp
 from tasks import runner
+from tasks.options import Options, option
 from tasks.pool import run_jobs
 
 
 @dataclass
-class ToyConfig:
-    n_train: int = 64
-    noise: float = 0.1
+class ToyConfig(Options):
+    n_train: int = option(64, "training examples", minimum=1)
+    noise: float = option(0.1, "noise of the targets", minimum=0.0)
 
 
 class _Toy:
@@ -54,7 +55,7 @@ def _evaluate(model, test, cfg):
     return {"mse": mse, "score": 100 / (1 + mse)}
 
 
-def _after_train(model, test, cfg, run_dir):
+def _after_train(model, test, cfg, variant, run_dir):
     (run_dir / "after.txt").write_text(f"{_evaluate(model, test, cfg)['mse']!r}")
 
 
@@ -62,23 +63,30 @@ def _describe(cfg, budget, seeds):
     return f"Toy regression: {budget.steps} steps, mean of {seeds} seed(s)."
 
 
-def _validate(cfg, budget):
-    if cfg.n_train < budget.batch_size:
-        raise ValueError("n_train must be at least one batch")
-
-
 TOY = runner.Task(
     name="toy", config=ToyConfig, variants={"sa": "Plain", "zero": "Zero-init"}, default_variants=("sa", "zero"),
-    load_train=lambda cfg, seed: _Toy(cfg.n_train, cfg.noise, 1 + seed), load_test=lambda cfg: _Toy(32, 0.0, 0),
+    data=runner.Data(load_train=lambda cfg, seed: _Toy(cfg.n_train, cfg.noise, 1 + seed),
+                     load_test=lambda cfg: _Toy(32, 0.0, 0)),
     build=_build, loss=_loss, evaluate=_evaluate,
-    metrics=(runner.Metric("score", "score", fmt=".1f"), runner.Metric("mse", "MSE", lower_is_better=True)),
-    paper=lambda cfg: {"zero": {"score": (90.0, 1.5)}, "predict 0": {"mse": 4.0}},
-    paper_label="Table 0, mean ± std", describe=_describe, aggregate="mean",
+    report=runner.Report(
+        metrics=(runner.Metric("score", "score", fmt=".1f"), runner.Metric("mse", "MSE", lower_is_better=True)),
+        paper=lambda cfg: {"zero": {"score": (90.0, 1.5)}, "predict 0": {"mse": 4.0}},
+        paper_label="Table 0, mean ± std", describe=_describe, aggregate="mean",
+        baselines=lambda cfg, test: {"predict 0": {"mse": float((test.y ** 2).mean()), "score": 0.0}},
+        after_train=_after_train, plot_file="score.png"),
     budgets={"cpu": runner.Budget(steps=6, batch_size=16, lr=0.05, eval_every=3, ckpt_every=3),
              "paper": runner.Budget(steps=10, batch_size=16, overrides={"n_train": 128})},
-    default_budget="cpu", baselines=lambda cfg, test: {"predict 0": {"mse": float((test.y ** 2).mean()),
-                                                                      "score": 0.0}},
-    after_train=_after_train, validate=_validate, plot_file="score.png")
+    default_budget="cpu")
+
+
+def _with(task, **changes):
+    """``task`` with fields of the task, of its ``data`` or of its ``report`` replaced."""
+    parts = {}
+    for part in ("data", "report"):
+        names = {f.name for f in dataclasses.fields(getattr(task, part))}
+        parts[part] = dataclasses.replace(getattr(task, part), **{k: changes.pop(k) for k in list(changes)
+                                                                  if k in names})
+    return dataclasses.replace(task, **parts, **changes)
 
 
 def run_main(argv, task=TOY):
@@ -179,24 +187,24 @@ def test_experiment_jobs_is_at_least_one_or_none():
     budget = TOY.budgets["cpu"]
     assert runner.Experiment(ToyConfig(), budget, ("sa",), "x").jobs is None  # one per core
     for jobs in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match=f"jobs must be an integer >= 1 or None \\(one per core\\), got {jobs}"):
+        with pytest.raises(ValueError, match=f"jobs must be an integer >= 1, got {jobs}"):
             runner.Experiment(ToyConfig(), budget, ("sa",), "x", jobs=jobs)
 
 
 def test_task_validation_runs_before_any_work(tmp_path):
     code, _, stderr = run_main(["--batch-size", "128", "--out", tmp_path / "x"])
-    assert code == 2 and stderr == "error: n_train must be at least one batch\n"
+    assert code == 2 and stderr == "error: n_train (64) must be at least one batch (128)\n"
     assert not (tmp_path / "x").exists()
 
 
 def test_a_variant_that_needs_emd_is_refused_before_any_work_without_lemon(tmp_path, without_emd):
-    emd_task = dataclasses.replace(TOY, variants={**TOY.variants, "sa-emd": "SA-EMD"})
+    emd_task = _with(TOY, variants={**TOY.variants, "sa-emd": "SA-EMD"})
     code, stdout, stderr = run_main(["--variant", "sa", "--variant", "sa-emd", "--out", tmp_path / "x"], emd_task)
     assert code == 2 and stdout == "" and stderr == f"error: {emd_cpp.MISSING_LEMON}\n"
     assert not (tmp_path / "x").exists()
 
 
-def _draw(model, test, cfg, run_dir):
+def _draw(model, test, cfg, variant, run_dir):
     """An after_train hook that draws a picture: the model's weights as a (1, 3) grey image."""
     from PIL import Image
 
@@ -210,7 +218,7 @@ def test_tensorboard_flag_writes_every_run_with_its_pictures(tmp_path):
 
     out = tmp_path / "toy"
     code, _, stderr = run_main(["--tensorboard", "--jobs", "1", "--threads", "1", "--no-progress", "--out", out],
-                               dataclasses.replace(TOY, after_train=_draw))
+                               _with(TOY, after_train=_draw))
     assert code == 0, stderr
     for variant in TOY.default_variants:
         run = out / variant / "seed0"
@@ -252,14 +260,14 @@ def _refuse_data(cfg, progress):
 
 
 def test_prepare_runs_once_before_any_run_folder_is_written(tmp_path):
-    bad = dataclasses.replace(TOY, prepare=_refuse_data)
+    bad = _with(TOY, prepare=_refuse_data)
     code, stdout, stderr = run_main(["--jobs", "2", "--no-progress", "--out", tmp_path / "x"], task=bad)
     assert code == 2 and stdout == ""
     assert stderr == "error: data file /no/such/train.bin does not exist (noise 0.1)\n"
     assert not (tmp_path / "x").exists()
 
     calls = []  # (n_train, whether a run folder existed when prepare ran)
-    good = dataclasses.replace(TOY, prepare=lambda cfg, progress: calls.append(
+    good = _with(TOY, prepare=lambda cfg, progress: calls.append(
         (cfg.n_train, any((tmp_path / "y").glob("*/seed*")))))
     code, _, stderr = run_main(["--jobs", "1", "--threads", "1", "--no-progress", "--out", tmp_path / "y"],
                                task=good)
@@ -289,7 +297,7 @@ def test_prepare_paper_rows_paper_time_and_label(tmp_path):
         if cfg.noise > 1:
             raise ValueError(f"data file for noise {cfg.noise:g} is broken")
 
-    task = dataclasses.replace(
+    task = _with(
         TOY, prepare=prepare, paper_label=lambda cfg: f"Table 0 at noise {cfg.noise:g}",
         paper=lambda cfg: {"zero": {"score": (90.0, 1.5)}, "Other method": {"score": 95.0, "mse": 0.5}},
         paper_time=lambda cfg: {"sa": 2.0, "zero": 3.0})
@@ -316,11 +324,7 @@ def test_prepare_paper_rows_paper_time_and_label(tmp_path):
 
     broken = tmp_path / "broken"
 
-    def options(args):
-        return {"noise": 2.0}
-
-    code, stdout, stderr = run_main(["--no-progress", "--out", broken],
-                                    dataclasses.replace(task, options_from_args=options))
+    code, stdout, stderr = run_main(["--no-progress", "--noise", "2", "--out", broken], task)
     assert code == 2 and stdout == "" and stderr == "error: data file for noise 2 is broken\n"
     assert not broken.exists() and prepared == [0.1, 2.0]
 
@@ -395,14 +399,29 @@ def test_schedule_starts_the_costliest_runs_first():
     from tasks.random_objects.experiment import TASK
 
     runs = [(v, s) for v in TASK.variants for s in range(2)]
-    assert runner.schedule(dataclasses.replace(TASK, step_cost=None), runs)[:3] == [
+    assert runner.schedule(_with(TASK, step_cost=None), runs)[:3] == [
         ("sa-mesh", 0), ("sa-mesh", 1), ("sa-emd", 0)]
     cost = {"sa": 1.0, "sa-sh": 1.9, "sa-emd": 3.5, "sa-mesh": 2.4}
-    order = runner.schedule(dataclasses.replace(TASK, step_cost=cost), runs[::-1])
+    order = runner.schedule(_with(TASK, step_cost=cost), runs[::-1])
     assert [cost[v] for v, _ in order] == sorted((cost[v] for v, _ in runs), reverse=True)
     assert [s for v, s in order if v == "sa"] == [0, 1]
-    one_seed = runner.schedule(dataclasses.replace(TASK, step_cost=cost), [(v, 0) for v in TASK.variants])
+    one_seed = runner.schedule(_with(TASK, step_cost=cost), [(v, 0) for v in TASK.variants])
     ends = _pool_end_times([cost[v] for v, _ in one_seed], 2)
     best = min(max(sum(cost[v] for v in part), sum(cost.values()) - sum(cost[v] for v in part))
                for part in (("sa-emd",), ("sa-emd", "sa"), ("sa-emd", "sa-sh"), ("sa-emd", "sa-mesh")))
     assert max(ends) == pytest.approx(best)
+
+
+def test_an_option_added_since_a_run_was_written_keeps_it_resumable(tmp_path):
+    argv = ["--jobs", "1", "--threads", "1", "--no-progress", "--variant", "sa", "--out", tmp_path / "toy"]
+    assert run_main(argv)[0] == 0
+
+    @dataclass
+    class Newer(ToyConfig):
+        extra: int = option(0, "an option the task gained after the run", minimum=0)
+
+    newer = dataclasses.replace(TOY, config=Newer)
+    code, stdout, stderr = run_main([*argv, "--resume"], newer)
+    assert code == 0 and "== Plain" not in stdout, stderr  # reused: the new option keeps its default
+    code, _, stderr = run_main([*argv, "--resume", "--extra", "1"], newer)
+    assert code == 2 and "differs in: extra" in stderr

@@ -1,7 +1,8 @@
-"""What the image object-discovery tasks share (Sec. 5.3, App. F.3, App. J): the data wrapper, the model of a
-variant, the loss, the FG-ARI / FG-mIoU evaluation, the fixed-regions baseline, the pictures, and
-:func:`make_task`, which turns a data set (:class:`ImageDataset`) into a spec of the shared runner
-(``tasks.runner``): ``tasks.multi_dsprites`` and ``tasks.clevrtex`` are each such a spec.
+"""The image object-discovery task (Sec. 5.3, App. F.3, App. J) on its two data sets, Multi-dSprites (Table 3)
+and ClevrTex (Table 4): the data wrapper, the model of a variant, the loss, the FG-ARI / FG-mIoU evaluation,
+the fixed-regions baseline, the pictures, and :func:`make_task`, which turns a data set (:class:`ImageDataset`,
+``tasks.object_discovery.datasets``) into a spec of the shared runner (``tasks.runner``). The task of each data
+set keeps its own name, ``python -m tasks.multi_dsprites`` and ``python -m tasks.clevrtex``.
 
 Data: a ``SceneData`` split (uint8 images (N, 3, S, S), index masks (N, S, S), 0 = background) is checked
 (:func:`check_scenes`) and, for a reduced budget, resized to the run's resolution R (images bilinear with
@@ -36,35 +37,37 @@ image grid for the App. F.3 encoder (stride 1).
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slots import (SLOT_INITS, OTConfig, SlotAutoencoder, fg_ari, fg_miou,
-                   image_autoencoder_config, native_bf16, to_model_range)
+from kernels import check_int
+from slots import OTConfig, SlotAutoencoder, fg_ari, fg_miou, image_autoencoder_config, native_bf16, to_model_range
 from slots.train import CHECKPOINT_NAME
-from tasks.scenes.records import DataFormatError, SceneData
-from tasks.scenes.show import colorize_masks, save_grid, show_parser
+from tasks.scenes.records import DataFormatError, SceneData, resize_images
+from tasks.scenes.show import colorize_masks, show_parser, write_samples
 
-from . import runner
-from .runner import BACKENDS, Budget, Metric, Task
-from .runs import load_run
+from .. import runner
+from ..options import OTOptions, option
+from ..random_objects.model import DEFAULT_COSTS
+from ..runner import Budget, Data, Metric, Report, Task
+from ..runs import load_run
 
 __all__ = ["ModelSpec", "ImageSet", "check_scenes", "build_model", "reconstruction_loss", "evaluate",
-           "fixed_region_masks", "evaluate_fixed_regions", "save_examples", "VARIANT_COSTS", "VARIANT_NAMES",
+           "fixed_region_masks", "grid_regions", "evaluate_fixed_regions", "save_examples", "VARIANT_COSTS",
+           "VARIANT_NAMES",
            "ObjectDiscoveryConfig", "ImageDataset", "make_task", "prepare", "load_split", "METRICS", "EXAMPLES",
            "show_runs", "show_command", "paper_budget", "command"]
 
 # Cost of each variant, as the official MESH configuration (original_slot_attention: dot_prod; others: l2).
-VARIANT_COSTS = {"sa": "dot", "sa-sh": "l2", "sa-emd": "l2", "sa-mesh": "l2"}
+VARIANT_COSTS = DEFAULT_COSTS
 VARIANT_NAMES = {"sa": "SA", "sa-sh": "SA-SH", "sa-mesh": "SA-MESH", "sa-emd": "SA-EMD"}  # slowest last
 METRICS = (Metric("fg_ari", "FG-ARI (%)", fmt=".1f", paper_fmt=".1f"),
            Metric("fg_miou", "FG-mIoU (%)", fmt=".1f", paper_fmt=".1f"),
@@ -109,17 +112,9 @@ class ImageSet:
     def __init__(self, data: SceneData, resolution: int):
         images, masks = data.images, data.masks
         if resolution != images.shape[-1]:
-            images = torch.cat([self._resize_images(images[s:s + 1024], resolution)
-                                for s in range(0, len(images), 1024)])  # chunks: no float copy of the whole set
+            images = resize_images(images, resolution)
             masks = F.interpolate(masks[:, None], size=(resolution, resolution), mode="nearest-exact")[:, 0]
         self.images, self.masks = images.contiguous(), masks.contiguous()  # (N, 3, R, R), (N, R, R)
-
-    @staticmethod
-    def _resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
-        """uint8 (n, 3, S, S) -> uint8 (n, 3, R, R), bilinear with antialiasing."""
-        x = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear", antialias=True,
-                          align_corners=False)
-        return x.round_().clamp_(0, 255).to(torch.uint8)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -131,18 +126,19 @@ class ImageSet:
 
 
 def build_model(spec: ModelSpec, variant: str, resolution: int, n_iters: int = 3, init: str = "learned",
-                fast: bool = True, ot: OTConfig | None = None) -> SlotAutoencoder:
+                fast: bool = True, ot: OTConfig | None = None, cost: str | None = None) -> SlotAutoencoder:
     """The autoencoder of a variant ("sa", "sa-sh", "sa-emd", "sa-mesh") at ``resolution`` (module docstring).
 
     ``n_iters`` and ``init`` ("learned" or "per_slot") are App. H's ablations; ``fast=False`` is the plain
     float32 eager model (no bf16 autocast, channels-last or factored broadcast; with ``fast`` the bf16
     autocast is on only where bfloat16 is native, ``slots.native_bf16``); ``ot`` overrides the OT options
-    (default: the official code's, with the raw plan).
+    (default: the official code's, with the raw plan); ``cost`` replaces the OT variants' cost.
     """
     if variant not in VARIANT_COSTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANT_COSTS)}")
     cfg = image_autoencoder_config(
-        spec.n_slots, variant, VARIANT_COSTS[variant], resolution=resolution, channels=spec.channels,
+        spec.n_slots, variant, VARIANT_COSTS[variant] if cost is None or variant == "sa" else cost,
+        resolution=resolution, channels=spec.channels,
         slot_dim=spec.slot_dim, mlp_hidden=spec.mlp_hidden, n_iters=n_iters, init=init,
         ot=ot if ot is not None else OTConfig(normalize_plan=False),
         bf16=fast and native_bf16(), channels_last=fast,
@@ -189,8 +185,7 @@ def fixed_region_masks(n_regions: int, resolution: int, iters: int = 50) -> torc
     Returns:
         (K, R, R) float one-hot masks (every pixel in exactly one region; no region empty).
     """
-    if isinstance(n_regions, bool) or not isinstance(n_regions, int) or n_regions < 1:
-        raise ValueError(f"n_regions must be an integer >= 1, got {n_regions!r}")
+    check_int(n_regions, "n_regions", 1)
     if resolution * resolution < n_regions:
         raise ValueError(f"{n_regions} regions do not fit in {resolution}x{resolution} pixels")
     c = (torch.arange(resolution, dtype=torch.float64) + 0.5) / resolution
@@ -207,6 +202,17 @@ def fixed_region_masks(n_regions: int, resolution: int, iters: int = 50) -> torc
     if torch.bincount(assign, minlength=n_regions).min() == 0:
         raise ValueError(f"k-means left a region empty for {n_regions} regions at {resolution}x{resolution}")
     return F.one_hot(assign, n_regions).T.reshape(n_regions, resolution, resolution).float()
+
+
+def grid_regions(n_regions: int, height: int, width: int) -> torch.Tensor:
+    """A fixed partition of the image into a grid of ``n_regions`` blocks (rows <= columns, as square as
+    ``n_regions`` allows): one-hot float (n_regions, height, width)."""
+    rows = max(r for r in range(1, int(math.isqrt(n_regions)) + 1) if n_regions % r == 0)
+    cols = n_regions // rows
+    ys = torch.arange(height) * rows // height  # (H,) block row of each pixel row
+    xs = torch.arange(width) * cols // width
+    ids = ys[:, None] * cols + xs[None, :]  # (H, W)
+    return F.one_hot(ids, n_regions).permute(2, 0, 1).float()
 
 
 def evaluate_fixed_regions(data: ImageSet, n_regions: int, batch_size: int = 256) -> dict[str, float]:
@@ -285,84 +291,98 @@ def save_examples(model: SlotAutoencoder, data: ImageSet, path: str | Path, indi
 
 
 @dataclass
-class ObjectDiscoveryConfig:
-    """Data and model options of an image object-discovery task (a task subclasses it to set its defaults).
+class ObjectDiscoveryConfig(OTOptions):
+    """Data and model options of an image object-discovery task (each field's help says what it is); a data
+    set's subclass (``tasks.object_discovery.datasets``) sets ``dataset`` (a key of ``datasets.DATASETS``) and
+    declares ``data_variant`` with its default and choices."""
 
-    Attributes:
-        resolution: image side R the model sees (the data's native side or less: resized in memory).
-        n_train, n_test: images of the train and test splits used (None: the whole split); the test images
-            are the first ``n_test`` of the test split.
-        data_dir: real data (the task's reader); None: the generated data.
-        data_variant: the data set's variant (e.g. Multi-dSprites "colored_on_grayscale", ClevrTex "full").
-        n_iters: slot-attention iterations (App. H: 5). init: slot initialization ("learned": a Gaussian
-            with learned mean and std; "per_slot": one learned vector per slot, App. H).
-        normalize_plan: normalize OT plans over the inputs (False: the raw plan, as the official code).
-        fast: the speed options of ``slots.SlotAutoencoderConfig`` (bf16 convolutions, channels-last, the
-            factored first decoder layer); False is the plain float32 eager model.
-        eval_batch: images per forward pass in evaluation.
-        backend: OT backend ("auto": the fused C++ loops on CPU, Triton on CUDA).
-    """
-
-    resolution: int = 64
-    n_train: int | None = None
-    n_test: int | None = None
-    data_dir: str | None = None
-    data_variant: str = ""
-    n_iters: int = 3
-    init: str = "learned"
+    dataset: ClassVar[str] = ""
+    resolution: int = option(64, "image side the model sees (the data's native side or less: resized in memory)",
+                             minimum=8)
+    n_train: int | None = option(None, "training images; none: the whole split", minimum=1)
+    n_test: int | None = option(None, "test images (the first of the test split); none: the whole split",
+                                minimum=1)
+    data_dir: str | None = option(None, "real data (see the data set's reader); none: the generated data")
+    data_variant: str = option("", "the data set's variant")
+    init: str = option("learned", "slot initialization: learned Gaussian, or one learned vector per slot "
+                                  "(App. H)", choices=("learned", "per_slot"))
     normalize_plan: bool = False
-    fast: bool = True
-    eval_batch: int = 64
-    backend: str = "auto"
+    fast: bool = option(True, "the speed options (bf16 convolutions where native, channels-last, the factored "
+                              "first decoder layer); --plain: the plain float32 eager model", flag="--plain")
+    eval_batch: int = option(64, "images per forward pass in evaluation", minimum=1)
 
     def __post_init__(self):
-        for name, minimum, optional in (("resolution", 8, False), ("n_train", 1, True), ("n_test", 1, True),
-                                        ("n_iters", 1, False), ("eval_batch", 1, False)):
-            value = getattr(self, name)
-            if optional and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if self.init not in SLOT_INITS:
-            raise ValueError(f"init must be one of {sorted(SLOT_INITS)}, got {self.init!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        for name in ("normalize_plan", "fast"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.data_dir is not None:
-            self.data_dir = str(self.data_dir)
+        super().__post_init__()
+        if self.dataset:
+            self.data_set().check_variant(self.data_variant, self.data_dir)
+
+    def data_set(self) -> ImageDataset:
+        """The data set of these options (``datasets.DATASETS[dataset]``)."""
+        from .datasets import DATASETS
+
+        return DATASETS[self.dataset]
+
+    def model_config(self, variant: str) -> dict:
+        return _build(self, variant).config.to_dict()
+
+    def train_size(self) -> int | None:
+        return self.n_train or (self.data_set().sizes["train"] if self.dataset else None)
 
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """How a task reads its data and sizes its model.
+    """An image object-discovery data set: how it is read, the model's widths, the paper's figures and the
+    training budgets.
 
     Attributes:
+        name: the task's name (run folders, checkpoints, ``python -m tasks.<name>``).
         title: e.g. "Multi-dSprites". native: the images' side as read. max_objects: objects per image at most
             (the model has max_objects + 1 slots).
         read: ``(split, num_images, cfg) -> SceneData``, a module-level function (runs are pickled to workers).
         sizes: split -> number of images of the generated or real split.
         spec: the model widths (:class:`ModelSpec`).
+        generated_variants, real_variants: the ``data_variant`` values of the generated and the real data; the
+            paper's figures are those of the first real one.
+        paper: the paper's figures of that variant. paper_label: where they come from.
+        budgets: name -> :class:`tasks.runner.Budget`.
+        config: the data set's :class:`ObjectDiscoveryConfig` subclass.
+        samples: ``(args of python -m tasks.<name>.show) -> SceneData``, the samples drawn without ``--run``.
     """
 
+    name: str
     title: str
     native: int
     max_objects: int
     read: Callable[[str, int | None, Any], SceneData]
     sizes: Mapping[str, int]
     spec: ModelSpec
+    generated_variants: tuple[str, ...]
+    real_variants: tuple[str, ...]
+    paper: Mapping[str, Mapping]
+    paper_label: str
+    budgets: Mapping[str, Budget]
+    config: type
+    samples: Callable[[Any], SceneData]
+
+    def check_variant(self, variant: str, data_dir: str | None) -> None:
+        """ValueError unless ``variant`` is a variant of the generated (``data_dir`` None) or the real data."""
+        allowed = self.generated_variants if data_dir is None else self.real_variants
+        if variant not in allowed:
+            data = "generated" if data_dir is None else "real"
+            hint = "; it needs --data-dir (the real data)" if data_dir is None and variant in self.real_variants else ""
+            raise ValueError(f"data_variant must be one of {', '.join(allowed)} for the {data} {self.title} data, "
+                             f"got {variant!r}{hint}")
 
 
 _LOADED: dict[str, ImageSet] = {}  # the splits this process has read, by (data set, split, options)
 
 
-def load_split(ds: ImageDataset, split: str, cfg: ObjectDiscoveryConfig) -> ImageSet:
+def load_split(split: str, cfg: ObjectDiscoveryConfig) -> ImageSet:
     """A checked split at the run's resolution (``n_train`` / ``n_test`` images of "train" / "test"); read once
     per process (the runner asks for the test split for every run, and for the train split in ``prepare``)."""
-    key = json.dumps([ds.title, split, asdict(cfg)], sort_keys=True)
+    key = json.dumps([cfg.dataset, split, asdict(cfg)], sort_keys=True)
     if key not in _LOADED:
-        _LOADED[key] = _read_split(ds, split, cfg)
+        _LOADED[key] = _read_split(cfg.data_set(), split, cfg)
     return _LOADED[key]
 
 
@@ -376,48 +396,56 @@ def _read_split(ds: ImageDataset, split: str, cfg: ObjectDiscoveryConfig) -> Ima
     return ImageSet(data, cfg.resolution)
 
 
-def prepare(ds: ImageDataset, cfg: ObjectDiscoveryConfig, progress: bool = True) -> None:
+def prepare(cfg: ObjectDiscoveryConfig, progress: bool = True) -> None:
     """Read and check both splits (the readers cache them), so that bad input stops the runner before any run
-    folder is written or a worker starts (the runner's ``Task.prepare``)."""
+    folder is written or a worker starts (the runner's ``Data.prepare``)."""
     for split in ("train", "test"):
-        load_split(ds, split, cfg)
+        load_split(split, cfg)
 
 
-def _load_train(ds: ImageDataset, cfg: ObjectDiscoveryConfig, seed: int) -> ImageSet:
-    return load_split(ds, "train", cfg)  # the same images for every seed
+def _load_train(cfg: ObjectDiscoveryConfig, seed: int) -> ImageSet:
+    return load_split("train", cfg)  # the same images for every seed
 
 
-def _load_test(ds: ImageDataset, cfg: ObjectDiscoveryConfig) -> ImageSet:
-    return load_split(ds, "test", cfg)
+def _load_test(cfg: ObjectDiscoveryConfig) -> ImageSet:
+    return load_split("test", cfg)
 
 
-def _build(ds: ImageDataset, cfg: ObjectDiscoveryConfig, variant: str) -> SlotAutoencoder:
-    backend = None if cfg.backend == "auto" else cfg.backend
-    return build_model(ds.spec, variant, cfg.resolution, n_iters=cfg.n_iters, init=cfg.init, fast=cfg.fast,
-                       ot=OTConfig(normalize_plan=cfg.normalize_plan, backend=backend))
-
-
-def _model_config(ds: ImageDataset, cfg: ObjectDiscoveryConfig, variant: str) -> dict:
-    return _build(ds, cfg, variant).config.to_dict()
+def _build(cfg: ObjectDiscoveryConfig, variant: str) -> SlotAutoencoder:
+    return build_model(cfg.data_set().spec, variant, cfg.resolution, n_iters=cfg.n_iters, init=cfg.init,
+                       fast=cfg.fast, ot=cfg.ot_config(variant), cost=cfg.cost)
 
 
 def _evaluate(model, test: ImageSet, cfg: ObjectDiscoveryConfig) -> dict:
     return evaluate(model, test, cfg.eval_batch)
 
 
-def _baselines(ds: ImageDataset, cfg: ObjectDiscoveryConfig, test: ImageSet) -> dict:
-    k = ds.max_objects + 1
+def _baselines(cfg: ObjectDiscoveryConfig, test: ImageSet) -> dict:
+    k = cfg.data_set().max_objects + 1
     return {f"fixed regions ({k} k-means cells)": evaluate_fixed_regions(test, k)}
 
 
-def _after_train(ds: ImageDataset, model, test: ImageSet, cfg: ObjectDiscoveryConfig, run_dir: Path) -> None:
-    variant = VARIANT_NAMES.get(run_dir.parent.name, run_dir.parent.name)
+def _title(cfg: ObjectDiscoveryConfig, variant: str, what: str) -> str:
+    return (f"{cfg.data_set().title}, {VARIANT_NAMES.get(variant, variant)}, {what}: input, reconstruction, "
+            "attention x input | ground truth, segmentation, alpha mask x input")
+
+
+def _after_train(model, test: ImageSet, cfg: ObjectDiscoveryConfig, variant: str, run_dir: Path) -> None:
     save_examples(model, test, run_dir / EXAMPLES, indices=range(min(4, len(test))),
-                  title=f"{ds.title}, {variant}, {run_dir.name}: input, reconstruction, attention x input | "
-                        "ground truth, segmentation, alpha mask x input")
+                  title=_title(cfg, variant, run_dir.name))
 
 
-def _describe(ds: ImageDataset, cfg: ObjectDiscoveryConfig, budget: Budget, seeds: int) -> str:
+def _paper(cfg: ObjectDiscoveryConfig) -> dict:
+    ds = cfg.data_set()
+    return dict(ds.paper) if cfg.data_variant == ds.real_variants[0] else {}
+
+
+def _paper_label(cfg: ObjectDiscoveryConfig) -> str:
+    return cfg.data_set().paper_label
+
+
+def _describe(cfg: ObjectDiscoveryConfig, budget: Budget, seeds: int) -> str:
+    ds = cfg.data_set()
     n_train = cfg.n_train or ds.sizes["train"]
     n_test = cfg.n_test or ds.sizes["test"]
     data = f"real data from {cfg.data_dir}" if cfg.data_dir else "generated data"
@@ -431,41 +459,6 @@ def _describe(ds: ImageDataset, cfg: ObjectDiscoveryConfig, budget: Budget, seed
             + (f" ({budget.note})" if budget.note else "") + (f"; {', '.join(extras)}" if extras else "") + ".")
 
 
-def _validate(cfg: ObjectDiscoveryConfig, budget: Budget) -> None:
-    if cfg.n_train is not None and cfg.n_train < budget.batch_size:
-        raise ValueError(f"n_train ({cfg.n_train}) must be at least one batch ({budget.batch_size})")
-
-
-def add_arguments(parser, steps_group, data_variants: tuple[str, ...]) -> None:
-    """The command-line options of an image object-discovery task (those of :class:`ObjectDiscoveryConfig`)."""
-    from .runner import int_at_least
-
-    parser.add_argument("--data-dir", help="real data (see the task's reader); default: the generated data")
-    parser.add_argument("--data-variant", choices=data_variants, help=f"data variant (default: {data_variants[0]})")
-    parser.add_argument("--resolution", type=int_at_least(8), help="image side the model sees (default: the budget's)")
-    parser.add_argument("--n-train", type=int_at_least(1), help="training images (default: the budget's or the split)")
-    parser.add_argument("--n-test", type=int_at_least(1), help="test images (default: the budget's or the split)")
-    parser.add_argument("--n-iters", type=int_at_least(1), help="slot-attention iterations (App. H ablation: 5)")
-    parser.add_argument("--init", choices=("learned", "per_slot"),
-                        help="slot initialization: learned Gaussian, or one learned vector per slot (App. H)")
-    parser.add_argument("--normalize-plan", action="store_true",
-                        help="normalize OT plans over the inputs (default: the raw plan, as the official code)")
-    parser.add_argument("--plain", action="store_true",
-                        help="plain float32 eager model (no bf16 autocast, channels-last or factored decoder layer)")
-
-
-def options_from_args(args) -> dict:
-    """The :class:`ObjectDiscoveryConfig` fields given on the command line."""
-    names = {"data_dir": "data_dir", "data_variant": "data_variant", "resolution": "resolution",
-             "n_train": "n_train", "n_test": "n_test", "n_iters": "n_iters", "init": "init"}
-    options = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
-    if args.normalize_plan:
-        options["normalize_plan"] = True
-    if args.plain:
-        options["fast"] = False
-    return options
-
-
 def paper_budget(n_train: int) -> Budget:
     """The paper's schedule (App. F.3 and the official configuration): 530 epochs of ``n_train`` images at batch
     64 and 64x64, Adam 4e-4, warm-up 10k steps, halved every 100k steps counted from step 0, gradient norm
@@ -475,35 +468,33 @@ def paper_budget(n_train: int) -> Budget:
                   overrides={"resolution": 64}, note="the paper's 530 epochs at 64x64, for a GPU")
 
 
-def command(task: Task, argv=None) -> int:
-    """``python -m tasks.<task>``: the runner's command line (``tasks.runner.main``) of an object-discovery
-    task. Exit status: 0 on success, 2 for bad arguments, bad input data or an unusable run folder (nothing is
-    written then), 130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues)."""
-    return runner.main(task, argv, f"Object discovery on {task.name}: trains the variants and prints FG-ARI, "
-                                   "FG-mIoU and MSE next to the paper's figures, with the fixed-regions baseline.")
+def command(name: str, argv=None) -> int:
+    """``python -m tasks.<name>``: the runner's command line (``tasks.runner.main``) of the object-discovery task
+    of data set ``name``. Exit status: 0 on success, 2 for bad arguments, bad input data or an unusable run
+    folder (nothing is written then), 130 after Ctrl-C (the checkpoint is saved; ``--resume`` continues)."""
+    from .datasets import TASKS
+
+    return runner.main(TASKS[name], argv, f"Object discovery on {name}: trains the variants and prints FG-ARI, "
+                                          "FG-mIoU and MSE next to the paper's figures, with the fixed-regions "
+                                          "baseline.")
 
 
-def make_task(name: str, config: type, ds: ImageDataset, paper: Callable[[Any], Mapping], paper_label: str,
-              budgets: Mapping[str, Budget], data_variants: tuple[str, ...]) -> Task:
-    """The runner spec of an image object-discovery task (module docstring). ``config`` is the task's
-    subclass of :class:`ObjectDiscoveryConfig`; ``paper`` and the functions of ``ds`` must be module-level
-    (the spec is pickled to worker processes)."""
+REPORT = Report(metrics=METRICS, paper=_paper, paper_label=_paper_label, describe=_describe, aggregate="mean",
+                baselines=_baselines, after_train=_after_train, plot_file="fg_ari_vs_steps.png")
+
+
+def make_task(ds: ImageDataset) -> Task:
+    """The runner spec of the object-discovery task on data set ``ds`` (module docstring)."""
     return Task(
-        name=name, config=config, variants=VARIANT_NAMES, default_variants=("sa", "sa-sh", "sa-mesh"),
-        load_train=functools.partial(_load_train, ds), load_test=functools.partial(_load_test, ds),
-        build=functools.partial(_build, ds), loss=reconstruction_loss, evaluate=_evaluate, metrics=METRICS,
-        paper=paper, paper_label=paper_label, budgets=budgets,
-        default_budget="paper" if torch.cuda.is_available() else "cpu",
-        describe=functools.partial(_describe, ds), aggregate="mean", baselines=functools.partial(_baselines, ds),
-        after_train=functools.partial(_after_train, ds), model_config=functools.partial(_model_config, ds),
-        validate=_validate, add_arguments=functools.partial(add_arguments, data_variants=data_variants),
-        options_from_args=options_from_args, plot_file="fg_ari_vs_steps.png", prepare=functools.partial(prepare, ds),
-        model_kind="slot_autoencoder")
+        name=ds.name, config=ds.config, variants=VARIANT_NAMES, default_variants=("sa", "sa-sh", "sa-mesh"),
+        data=Data(load_train=_load_train, load_test=_load_test, prepare=prepare), build=_build,
+        loss=reconstruction_loss, evaluate=_evaluate, report=REPORT, budgets=ds.budgets,
+        default_budget="paper" if torch.cuda.is_available() else "cpu", model_kind="slot_autoencoder")
 
 
-def show_runs(task: Task, ds: ImageDataset, run: str | Path, num: int = 4, out: str | Path | None = None) -> list[Path]:
-    """Draw :func:`save_examples` for trained runs of ``task``: ``run`` is a run folder (with ``ckpt.pt``) or an
-    experiment folder (every ``<variant>/seed<s>/ckpt.pt`` below it). Each picture shows the first ``num``
+def show_runs(name: str, run: str | Path, num: int = 4, out: str | Path | None = None) -> list[Path]:
+    """Draw :func:`save_examples` for trained runs of the task ``name``: ``run`` is a run folder (with ``ckpt.pt``)
+    or an experiment folder (every ``<variant>/seed<s>/ckpt.pt`` below it). Each picture shows the first ``num``
     test images and goes to ``<run folder>/examples.png``, or to ``out`` (a folder) as
     ``<variant>_seed<s>.png``. Returns the paths written.
 
@@ -520,43 +511,37 @@ def show_runs(task: Task, ds: ImageDataset, run: str | Path, num: int = 4, out: 
     written = []
     for path in ckpts:
         trained = load_run(path.parent)
-        if trained.task.name != task.name:
-            raise ValueError(f"{path} is a checkpoint of task {trained.task.name!r}, not {task.name!r}")
-        test = load_split(ds, "test", trained.config)
-        name = VARIANT_NAMES.get(trained.variant, trained.variant)
+        if trained.task.name != name:
+            raise ValueError(f"{path} is a checkpoint of task {trained.task.name!r}, not {name!r}")
+        test = load_split("test", trained.config)
         target = path.parent / EXAMPLES if out is None else Path(out) / f"{trained.variant}_seed{trained.seed}.png"
         torch.manual_seed(0)
-        written.append(save_examples(
-            trained.model, test, target, indices=range(min(num, len(test))),
-            title=f"{ds.title}, {name}, seed {trained.seed}, step {trained.step}: input, reconstruction, attention x "
-                  "input | ground truth, segmentation, alpha mask x input"))
+        written.append(save_examples(trained.model, test, target, indices=range(min(num, len(test))),
+                                     title=_title(trained.config, trained.variant,
+                                                  f"seed {trained.seed}, step {trained.step}")))
     return written
 
 
-def show_command(argv, name: str, load_samples: Callable[[Any], SceneData],
-                 spec: Callable[[], tuple[Task, ImageDataset]],
-                 add_arguments: Callable[[Any], None] | None = None) -> int:
-    """``python -m tasks.<name>.show``: without ``--run``, a grid of data samples (``load_samples(args)``, see
-    ``tasks.scenes.show``); with ``--run DIR``, :func:`show_runs` for the task ``spec()`` returns (imported
-    only then). Returns the exit status (2 for a folder without runs of the task)."""
+def show_command(name: str, argv=None) -> int:
+    """``python -m tasks.<name>.show``: without ``--run``, a grid of data samples of the data set ``name`` (the
+    generator unless ``--data-dir`` points at the real data; ``tasks.scenes.show``); with ``--run DIR``,
+    :func:`show_runs`. Returns the exit status (2 for a folder without runs of the task)."""
+    from .datasets import DATASETS
+
+    ds = DATASETS[name]
     parser = show_parser(name)
     parser.set_defaults(out=None)
     parser.add_argument("--run", help="draw the trained runs of this run folder or experiment folder, on the first "
                                       "--num test images, into each run folder (or into --out, a folder)")
-    if add_arguments is not None:
-        add_arguments(parser)
+    parser.add_argument("--variant", default=ds.real_variants[0], help="data variant of the samples")
     args = parser.parse_args(argv)
     if args.run is not None:
-        task, ds = spec()
         try:
-            paths = show_runs(task, ds, args.run, num=args.num, out=args.out)
+            paths = show_runs(name, args.run, num=args.num, out=args.out)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print("\n".join(f"wrote {p}" for p in paths))
         return 0
-    data = load_samples(args)
-    out = save_grid(data.images[:args.num], data.masks[:args.num], args.out or f"{name}_samples.png",
-                    ncols=args.ncols)
-    print(f"wrote {out} ({min(args.num, len(data))} samples, {data.meta.get('source')})")
-    return 0
+    args.out = args.out or f"{name}_samples.png"
+    return write_samples(ds.samples(args), args)
