@@ -239,6 +239,8 @@ class Experiment:
         progress: progress bars (never in worker processes).
         tensorboard: also write TensorBoard events into every run folder (``slots.tensorboard``): the training
             records, the evaluations and the pictures of ``task.report.after_train``.
+        compile: compile each run's model with inductor (``TrainConfig.compile``); off by default, because on
+            CPU only SA's step gains and a cold compile costs about a minute (BENCHMARKS.md).
     """
 
     config: Any
@@ -252,6 +254,7 @@ class Experiment:
     num_threads: int | None = None
     progress: bool = True
     tensorboard: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         if self.jobs is not None:  # None: one per core
@@ -268,7 +271,8 @@ class Experiment:
             grad_clip=b.grad_clip, seed=seed, log_every=min(50, b.steps), eval_every=b.eval_every,
             ckpt_every=b.ckpt_every, resume=self.resume, resume_previous=self.resume_previous,
             num_threads=self.num_threads if num_threads is None else num_threads,
-            progress=self.progress if progress is None else progress, tensorboard=self.tensorboard)
+            progress=self.progress if progress is None else progress, tensorboard=self.tensorboard,
+            compile=self.compile)
 
 
 def run_dir(exp: Experiment, variant: str, seed: int) -> Path:
@@ -697,6 +701,10 @@ def build_parser(task: Task, description: str = "") -> argparse.ArgumentParser:
                    help="also write TensorBoard events (loss, learning rate, gradient norm, evaluation metrics, "
                         "pictures) into every run folder; view with tensorboard --logdir runs/ "
                         f"(needs tensorboard: {tensorboard.INSTALL})")
+    p.add_argument("--compile", action="store_true",
+                   help="compile each run's model with torch.compile (inductor); the OT plans stay eager. Same "
+                        "results up to rounding; on CPU only SA's step gains (about 1.1x) and a cold compile "
+                        "takes about a minute")
     options.add_arguments(p, task.config, {k: b.overrides for k, b in task.budgets.items()})
     return p
 
@@ -718,7 +726,7 @@ def experiment_from_args(task: Task, args: argparse.Namespace) -> Experiment:
     return Experiment(config=cfg, budget=budget, variants=tuple(args.variants or task.default_variants), out=out,
                       seeds=args.seeds, resume=args.resume or args.resume_previous,
                       resume_previous=args.resume_previous, jobs=args.jobs, num_threads=args.threads,
-                      progress=not args.no_progress, tensorboard=args.tensorboard)
+                      progress=not args.no_progress, tensorboard=args.tensorboard, compile=args.compile)
 
 
 def entry_points(module, doc: str) -> tuple[Callable, Callable, Callable]:

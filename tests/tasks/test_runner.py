@@ -425,3 +425,11 @@ def test_an_option_added_since_a_run_was_written_keeps_it_resumable(tmp_path):
     assert code == 0 and "== Plain" not in stdout, stderr  # reused: the new option keeps its default
     code, _, stderr = run_main([*argv, "--resume", "--extra", "1"], newer)
     assert code == 2 and "differs in: extra" in stderr
+
+
+def test_compile_flag_reaches_every_runs_training_config(tmp_path):
+    parser = runner.build_parser(TOY)
+    for argv, want in (([], False), (["--compile"], True)):
+        exp = runner.experiment_from_args(TOY, parser.parse_args([*argv, "--out", str(tmp_path / "x")]))
+        assert exp.compile is want
+        assert all(exp.train_config(TOY, v, 0).compile is want for v in TOY.default_variants)
