@@ -74,26 +74,25 @@ def _signal_group(pid: int, signum: int) -> None:
 
 
 def _run_child(cmd: list[str]) -> tuple[int, bool]:
-    """Run ``cmd`` in its own process group; Ctrl-C here is passed on to that group once per press (and SIGTERM
-    as SIGTERM), so that the task saves its checkpoints and exits. Returns (exit status, interrupted here)."""
+    """Run ``cmd`` in its own process group; Ctrl-C (SIGINT) and SIGTERM here are passed on to that group, once
+    per signal, so that the task saves its checkpoints and exits. Returns (exit status, interrupted here).
+
+    Both signals get a handler of this function's own for as long as the child runs (the previous ones are put
+    back after), so forwarding does not depend on whatever SIGINT handler the caller had installed."""
     proc = subprocess.Popen(cmd, env=_child_env(), start_new_session=True)  # its own process group
     interrupted = False
 
-    def terminate(signum, frame):
+    def forward(signum, frame):
         nonlocal interrupted
         interrupted = True
         _signal_group(proc.pid, signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            try:
-                return proc.wait(), interrupted
-            except KeyboardInterrupt:
-                interrupted = True
-                _signal_group(proc.pid, signal.SIGINT)
+        return proc.wait(), interrupted  # wait() resumes after a handler runs (PEP 475)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv=None) -> int:

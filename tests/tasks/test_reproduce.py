@@ -236,12 +236,19 @@ def test_ctrl_c_and_sigterm_are_passed_to_the_experiment(tmp_path, signum):
             time.sleep(0.05)
         os.kill(os.getpid(), signum)
 
-    previous = signal.getsignal(signal.SIGTERM)
-    threading.Thread(target=interrupt, daemon=True).start()
-    t0 = time.perf_counter()
-    assert cli._run_child([sys.executable, "-c", child]) == (130, True)
-    assert time.perf_counter() - t0 < 50
-    assert signal.getsignal(signal.SIGTERM) is previous
+    def caller_handler(*args):  # a caller's own SIGINT handler (not Python's KeyboardInterrupt) must not matter
+        pass
+
+    original = signal.signal(signal.SIGINT, caller_handler)
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        threading.Thread(target=interrupt, daemon=True).start()
+        t0 = time.perf_counter()
+        assert cli._run_child([sys.executable, "-c", child]) == (130, True)
+        assert time.perf_counter() - t0 < 50
+        assert signal.getsignal(signal.SIGTERM) is previous and signal.getsignal(signal.SIGINT) is caller_handler
+    finally:
+        signal.signal(signal.SIGINT, original)
 
 
 @pytest.mark.slow
