@@ -99,13 +99,6 @@ def train_steps(folder: Path) -> list[int]:
     return [r["step"] for r in records if r["split"] == "train"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted 12-step run: (model, results, run folder)."""

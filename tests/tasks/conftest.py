@@ -20,14 +20,6 @@ def _run_cli(main, argv):
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Every test leaves torch's thread count as it found it (runs in this process set it)."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def bench_threads():
     """The set-up of a benchmark module (``pytestmark = pytest.mark.usefixtures("bench_threads")``): freed memory
