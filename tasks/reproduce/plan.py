@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from slots.checkpoint import LOCK_NAME, RESULTS_NAME
+
 __all__ = ["TABLES", "BUDGETS", "Experiment", "experiments", "STATE_NAME", "read_state", "State", "planned_steps"]
 
 STATE_NAME = "reproduce.json"  # this package's record in an experiment's folder
@@ -141,12 +143,12 @@ def read_state(exp: Experiment, budget: str, out: Path, steps: int | None) -> St
     done = []
     for v, s in exp.runs(budget):
         try:
-            step = json.loads((folder / v / f"seed{s}" / "results.json").read_text()).get("step", 0)
+            step = json.loads((folder / v / f"seed{s}" / RESULTS_NAME).read_text()).get("step", 0)
         except (OSError, json.JSONDecodeError):
             continue
         if steps is None or step >= steps:
             done.append((v, s))
-    started = folder.is_dir() and any(p.name not in (".lock", STATE_NAME) for p in folder.iterdir())
+    started = folder.is_dir() and any(p.name not in (LOCK_NAME, STATE_NAME) for p in folder.iterdir())
     finished = record.get("status") == "finished" and (folder / "table.md").is_file()
     return State(record, started, finished, done)
 

@@ -22,7 +22,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slots.checkpoint import atomic_write
+from slots.checkpoint import METRICS_NAME, RESULTS_NAME, atomic_write
 
 from .plan import BUDGETS, TABLES, Experiment, State
 
@@ -106,7 +106,7 @@ def _finished_step_ms(folder: Path, exp: Experiment, states: dict) -> dict[str, 
     found: dict[str, list[float]] = {}
     for v, s in states[exp.name].runs_done:
         try:
-            ms = json.loads((folder / exp.name / v / f"seed{s}" / "results.json").read_text()).get("train_step_ms")
+            ms = json.loads((folder / exp.name / v / f"seed{s}" / RESULTS_NAME).read_text()).get("train_step_ms")
         except (OSError, json.JSONDecodeError):
             continue
         if ms:
@@ -139,7 +139,7 @@ def time_left(plan: list[Experiment], budget: str, out: Path, states: dict, step
         for v, s in exp.runs(budget):
             if (v, s) in states[exp.name].runs_done:
                 continue
-            record = _last_train_record(out / exp.name / v / f"seed{s}" / "metrics.jsonl") or {}
+            record = _last_train_record(out / exp.name / v / f"seed{s}" / METRICS_NAME) or {}
             ms = 1000 / record["steps_per_s"] if record.get("steps_per_s") else None
             running[exp.name, v, s] = (record.get("step", 0), ms)
             if ms is not None:
